@@ -50,7 +50,7 @@
 //! |---|---|---|---|
 //! | `tail.fetch_add` in `publish` | Relaxed | — | the claim must be unique, nothing else; the entry is published by the slot store |
 //! | slot store in `publish` / load in `Cursor` | arc-swap (SeqCst inside) | each other | an entry seen is fully built |
-//! | `fence(SeqCst)` in `publish`, between store and `has_waiters` | SeqCst | fence in `Cursor::poll_recv_many` | store-buffer litmus: either the reader's re-check sees the entry or the publisher sees the parked node |
+//! | `fence(SeqCst)` in `publish`, between store and `has_waiters` | SeqCst | fence in `Cursor::poll_ready` | store-buffer litmus: either the reader's re-check sees the entry or the publisher sees the parked node |
 //! | `fence(SeqCst)` in `close`, between `closed` store and `wake_all` | SeqCst | same fence | either the reader sees `closed` or `close` wakes it |
 //! | `closed.store(true)` | Release | `closed.load` in cursors and dispatcher | all stores made before closing are seen by a reader that sees `closed` |
 //! | `handles.fetch_sub` | AcqRel | itself | the last producer handle to drop sees the others' stores before it closes (as `Arc::drop`) |
@@ -131,6 +131,15 @@ pub enum SeekError {
         /// The next sequence a publisher will claim.
         tail: u64,
     },
+}
+
+/// What [`Cursor::try_recv_many_while`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Entries appended.
+    pub count: usize,
+    /// It stopped at a ready entry that the predicate declined.
+    pub held_back: bool,
 }
 
 /// What one slot says about one sequence number (see [`Ring::get`]).
@@ -343,27 +352,42 @@ impl<T> Cursor<T> {
     /// Appends up to `max` ready entries, in order, to `out` without waiting. `Ok(0)` means
     /// none is ready. A lap is reported only when no entry precedes it in the same call.
     pub fn try_recv_many(&mut self, out: &mut Vec<Arc<Entry<T>>>, max: usize) -> Result<usize, RecvError> {
+        self.try_recv_many_while(out, max, |_| true).map(|taken| taken.count)
+    }
+
+    /// Like [`Cursor::try_recv_many`], but stops before the first ready entry for which
+    /// `take` returns `false`, leaving it (and everything after it) for a later call.
+    pub fn try_recv_many_while(
+        &mut self,
+        out: &mut Vec<Arc<Entry<T>>>,
+        max: usize,
+        mut take: impl FnMut(&T) -> bool,
+    ) -> Result<Taken, RecvError> {
         // Acquire: pairs with the Release store in `close`; read before the slots so that a
         // reader that sees `closed` also sees every entry stored before it.
         let closed = self.shared.closed.load(Acquire);
-        let mut taken = 0;
-        while taken < max {
+        let mut taken = Taken { count: 0, held_back: false };
+        while taken.count < max {
             match self.shared.lookup(self.next_seq) {
                 Lookup::Ready(entry) => {
+                    if !take(&entry.value) {
+                        taken.held_back = true;
+                        break;
+                    }
                     out.push(entry);
                     self.next_seq += 1;
-                    taken += 1;
+                    taken.count += 1;
                 }
                 Lookup::NotYet => break,
                 Lookup::Overwritten(newer) => {
-                    if taken > 0 {
+                    if taken.count > 0 {
                         break; // deliver these first; the lap is reported on the next call
                     }
                     return Err(RecvError::Lagged { missed: self.skip_lapped(newer) });
                 }
             }
         }
-        if taken == 0 && closed {
+        if taken.count == 0 && !taken.held_back && closed {
             return Err(RecvError::Closed);
         }
         Ok(taken)
@@ -391,17 +415,53 @@ impl<T> Cursor<T> {
         max: usize,
     ) -> Poll<Result<usize, RecvError>> {
         debug_assert!(max > 0, "a receive of zero entries would never be ready");
-        match self.try_recv_many(out, max) {
-            Ok(0) => {}
-            ready => return Poll::Ready(ready),
+        loop {
+            match self.try_recv_many(out, max) {
+                Ok(0) => {}
+                ready => return Poll::Ready(ready),
+            }
+            if self.poll_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// `Ready` when the next receive would not come back empty: an entry is ready, the reader
+    /// was lapped, or the ring is closed. Otherwise parks the task (it is woken once something
+    /// is published) and returns `Pending`. Takes nothing.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_news() {
+            return Poll::Ready(());
         }
         self.shared.waiters.park(&self.node, cx.waker());
         // SeqCst: see the ordering table (`fence` in `publish` and `close`).
         fence(SeqCst);
-        match self.try_recv_many(out, max) {
-            Ok(0) => Poll::Pending,
-            ready => Poll::Ready(ready),
+        if self.has_news() { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// Moves past every ready entry without taking it; returns how many sequence numbers were
+    /// passed (laps included). For readers that only count entries, like a clock.
+    pub fn skip_ready(&mut self) -> Result<u64, RecvError> {
+        let start = self.next_seq;
+        loop {
+            match self.shared.lookup(self.next_seq) {
+                Lookup::Ready(_) => self.next_seq += 1,
+                Lookup::Overwritten(newer) => {
+                    self.skip_lapped(newer);
+                }
+                Lookup::NotYet => break,
+            }
         }
+        // Acquire: pairs with the Release store in `close`.
+        if self.next_seq == start && self.shared.closed.load(Acquire) {
+            return Err(RecvError::Closed);
+        }
+        Ok(self.next_seq - start)
+    }
+
+    fn has_news(&self) -> bool {
+        // Acquire: pairs with the Release store in `close`.
+        self.shared.closed.load(Acquire) || !matches!(self.shared.lookup(self.next_seq), Lookup::NotYet)
     }
 
     /// Waits for at least one entry and appends up to `max` ready ones to `out`.
@@ -433,31 +493,21 @@ pub struct Dispatcher<T> {
     shared: Arc<Shared<T>>,
 }
 
-/// How many rounds of wake-ups one poll may do before yielding to other tasks.
-const DISPATCH_ROUNDS_PER_POLL: usize = 4;
-
 impl<T> Future for Dispatcher<T> {
     type Output = ();
 
+    /// One round per poll: register, then wake everyone parked. A reader that parks after
+    /// the swap is woken by the next publish (which finds this registration), never by a
+    /// second round here: that would wake readers with nothing new to read.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &*self.shared;
-        for _ in 0..DISPATCH_ROUNDS_PER_POLL {
-            // Register before emptying the stack: a publisher that sees a node pushed after
-            // the swap below will find this registration and wake us.
-            shared.dispatcher.register(cx.waker());
-            // Acquire: pairs with the Release store in `close`.
-            let closed = shared.closed.load(Acquire);
-            let woken = shared.waiters.wake_all();
-            if closed {
-                return Poll::Ready(());
-            }
-            if woken == 0 {
-                return Poll::Pending;
-            }
-        }
-        // Readers keep parking as fast as we wake them: let others run, then continue.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        // Register before emptying the stack: a publisher that sees a node pushed after the
+        // swap below will find this registration and wake us.
+        shared.dispatcher.register(cx.waker());
+        // Acquire: pairs with the Release store in `close`.
+        let closed = shared.closed.load(Acquire);
+        shared.waiters.wake_all();
+        if closed { Poll::Ready(()) } else { Poll::Pending }
     }
 }
 
