@@ -4,8 +4,25 @@
 //! # Layout
 //! - [`frame`]: an event encoded once into the exact SSE bytes every subscriber receives.
 //! - [`ring`]: the lock-free ring of frames (publish, cursors, lapping, waking).
+//! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
+//! - [`server`]: listener, accept loop, limits, graceful shutdown; `conn` (the HTTP/1.1 stream
+//!   fast path) and `http` (hyper: publish, health, metrics, HTTP/2) serve each connection.
+//! - [`publish`]: publish bodies (form, JSON, NDJSON); [`metrics`]: Prometheus metrics.
+//! - [`config`]: command-line options; [`demo`]: the `--demo` producer.
 //! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
 //! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg loom`.
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use ringcast::{config::ServerConfig, hub::{Hub, HubConfig, Publish}, metrics::Metrics};
+//! let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default()))?;
+//! hub.publish(&Publish { topics: &["news"], event: None, data: "hello", retry: None })?;
+//! let listener = ringcast::server::bind("127.0.0.1:8080".parse()?, 1024)?;
+//! ringcast::server::run(listener, hub, ServerConfig::default(), std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -13,3 +30,20 @@ pub mod frame;
 pub mod parse;
 pub mod ring;
 mod sync;
+
+#[cfg(not(loom))]
+pub mod config;
+#[cfg(not(loom))]
+mod conn;
+#[cfg(not(loom))]
+pub mod demo;
+#[cfg(not(loom))]
+mod http;
+#[cfg(not(loom))]
+pub mod hub;
+#[cfg(not(loom))]
+pub mod metrics;
+#[cfg(not(loom))]
+pub mod publish;
+#[cfg(not(loom))]
+pub mod server;

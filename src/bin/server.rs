@@ -1,1 +1,66 @@
-fn main() {}
+//! The `ringcast` server binary: parse options, set up logging and the runtime, raise the
+//! open-files limit, bind, and serve until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use ringcast::config::Args;
+use ringcast::hub::Hub;
+use ringcast::metrics::Metrics;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .with_context(|| format!("invalid --log filter `{}`", args.log))?,
+        )
+        .init();
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX).context("could not raise the open-files limit")?;
+    let (hub_config, server_config) = args.configs(fd_limit);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime.enable_all().build().context("could not start the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = ringcast::server::bind(args.listen, args.backlog)
+            .with_context(|| format!("could not listen on {}", args.listen))?;
+        let hub = Hub::new(hub_config.clone(), Arc::new(Metrics::default()))?;
+        tracing::info!(
+            listen = %args.listen,
+            open_files = fd_limit,
+            max_connections = server_config.max_connections,
+            ring_capacity = hub_config.ring_capacity,
+            heartbeat_s = server_config.heartbeat.as_secs_f64(),
+            demo = args.demo,
+            "ringcast listening"
+        );
+        if args.demo {
+            hub.spawn_producer("demo", ringcast::demo::produce);
+        }
+        ringcast::server::run(listener, hub, server_config, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,373 @@
+//! One TCP connection: read the request head, then either stream `GET /events` straight from
+//! the rings (HTTP/1.x fast path) or hand the connection, with the bytes already read, to
+//! hyper (every other request, keep-alive, and HTTP/2).
+//!
+//! Why a fast path: hyper keeps about 16 KiB of buffers per HTTP/1 connection for its whole
+//! life, and an SSE connection lives for hours while mostly idle. Here the request head is
+//! read into a small buffer that is freed before streaming, and a stream then holds no byte
+//! buffer at all: frames are written from the rings' shared `Bytes` with one `writev` per
+//! batch (all ready frames at once), and a partially written frame is resumed from an offset.
+//! The response is close-delimited (`Connection: close`, no chunked framing).
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::hub::{Frame, Next, Subscription};
+use crate::metrics::{DisconnectReason, Rejection};
+use crate::ring::Entry;
+use crate::server::{Ctx, EventsRequest};
+
+/// Most frames in one `writev` (Linux allows 1024 iovecs).
+const MAX_IOV: usize = 512;
+/// Most frames one single-topic stream takes from its ring per batch.
+const MAX_BATCH: usize = 1024;
+/// Bytes a client may send on a stream after its request before it is cut off.
+const MAX_JUNK: usize = 64 << 10;
+
+/// What the first request on a connection turned out to be.
+enum Head {
+    /// `GET /events` over HTTP/1.x: served here.
+    Events(EventsRequest),
+    /// Anything else: hyper serves it, starting with these bytes.
+    Other(Vec<u8>),
+    /// The head exceeded the size or header-count limit.
+    TooLarge,
+    /// The client closed before sending a request.
+    Closed,
+}
+
+/// Serves one accepted connection to the end.
+pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
+    let head = match tokio::time::timeout(ctx.config.header_timeout, read_head(&mut tcp, &ctx)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its request");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.reject(Rejection::HeaderTimeout);
+            let _ = tcp.try_write(&plain_response(408, "Request Timeout", "request head not received in time"));
+            return;
+        }
+    };
+    match head {
+        Head::Events(request) => stream_events(tcp, request, ctx).await,
+        Head::Other(prefix) => Box::pin(crate::http::serve_hyper(tcp, prefix, ctx)).await,
+        Head::TooLarge => {
+            ctx.metrics.reject(Rejection::HeaderTooLarge);
+            let body =
+                format!("request head larger than {} bytes or with too many headers", ctx.config.max_header_bytes);
+            let _ = tcp.write_all(&plain_response(431, "Request Header Fields Too Large", &body)).await;
+        }
+        Head::Closed => {}
+    }
+}
+
+/// Reads until the request line shows what the request is, and for `GET /events` until the
+/// whole head is in.
+async fn read_head(tcp: &mut TcpStream, ctx: &Ctx) -> io::Result<Head> {
+    let max = ctx.config.max_header_bytes;
+    let mut buf = Vec::with_capacity(1024.min(max));
+    loop {
+        if buf.len() >= max {
+            return Ok(Head::TooLarge);
+        }
+        buf.reserve(1024.min(max - buf.len()));
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(if buf.is_empty() { Head::Closed } else { Head::Other(buf) });
+        }
+        let Some(line_end) = memchr::memchr(b'\n', &buf) else { continue };
+        let line = &buf[..line_end];
+        if !(line.starts_with(b"GET /events ") || line.starts_with(b"GET /events?")) {
+            return Ok(Head::Other(buf));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                let (Some(path), false) = (request.path, upgrade) else { return Ok(Head::Other(buf)) };
+                let last_event_id = request
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
+                return Ok(Head::Events(EventsRequest::parse(path, last_event_id)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Ok(Head::TooLarge),
+            Err(_) => return Ok(Head::Other(buf)), // hyper answers malformed requests
+        }
+    }
+}
+
+/// A minimal `Connection: close` response with a text body.
+pub(crate) fn plain_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len() + 1
+    );
+    if status == 503 {
+        out.push_str("retry-after: 5\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.push('\n');
+    out.into_bytes()
+}
+
+const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+x-accel-buffering: no\r\nconnection: close\r\n\r\n";
+
+async fn stream_events(mut tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
+    let mut sub = match request.subscribe(&ctx) {
+        Ok(sub) => sub,
+        Err((status, reason, message)) => {
+            let _ = tcp.write_all(&plain_response(status, reason, &message)).await;
+            return;
+        }
+    };
+    let mut opening = BytesMut::with_capacity(STREAM_HEAD.len() + ctx.opening.len() + 256);
+    opening.put_slice(STREAM_HEAD);
+    opening.put_slice(&ctx.opening);
+    if let Some(reset) = sub.take_reset_frame() {
+        opening.put_slice(&reset);
+    }
+    let tick = sub.tick();
+    let stream = SseStream {
+        tcp,
+        sub,
+        ctx: Arc::clone(&ctx),
+        batch: Vec::new(),
+        head: 0,
+        offset: 0,
+        extra: Some(opening.freeze()),
+        extra_offset: 0,
+        last_write_tick: tick,
+        last_progress_tick: tick,
+        junk: 0,
+        stats: Stats::default(),
+    };
+    let _guard = crate::server::StreamGuard::new(&ctx.metrics);
+    let (reason, stats) = stream.run().await;
+    tracing::debug!(?reason, frames = stats.frames, "stream closed");
+}
+
+/// Per-stream counters, added to the shared metrics once per tick and at the end.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames: u64,
+    bytes: u64,
+    writes: u64,
+    heartbeats: u64,
+}
+
+impl Stats {
+    fn flush(&mut self, metrics: &crate::metrics::Metrics) {
+        metrics.frames_delivered.inc_by(self.frames);
+        metrics.bytes_delivered.inc_by(self.bytes);
+        metrics.writes.inc_by(self.writes);
+        metrics.heartbeats.inc_by(self.heartbeats);
+        *self = Self::default();
+    }
+}
+
+struct SseStream {
+    tcp: TcpStream,
+    sub: Subscription,
+    ctx: Arc<Ctx>,
+    /// Frames taken from the rings and not yet fully written; `batch[head..]` remain.
+    batch: Vec<Arc<Entry<Frame>>>,
+    head: usize,
+    /// Bytes of `batch[head]` already written.
+    offset: usize,
+    /// Bytes to write before the batch: the opening, or a heartbeat.
+    extra: Option<Bytes>,
+    extra_offset: usize,
+    /// Clock tick of the last write (heartbeats are due `heartbeat_ticks` after it).
+    last_write_tick: u64,
+    /// Clock tick of the last write that made progress (for the write timeout).
+    last_progress_tick: u64,
+    /// Bytes the client sent after its request (discarded).
+    junk: usize,
+    stats: Stats,
+}
+
+enum Wait {
+    Next(Next),
+    Writable,
+    ClientClosed,
+}
+
+impl SseStream {
+    async fn run(mut self) -> (DisconnectReason, Stats) {
+        let reason = self.serve().await;
+        if let Some(goodbye) = match reason {
+            DisconnectReason::Lapped => Some(&self.ctx.goodbye_lapped),
+            DisconnectReason::Shutdown => Some(&self.ctx.goodbye_shutdown),
+            _ => None,
+        } {
+            // Best effort, and only at a frame boundary: never splice into a frame.
+            if self.offset == 0 && self.extra.is_none() && self.head == self.batch.len() {
+                let _ = self.tcp.try_write(goodbye);
+            }
+        }
+        self.ctx.metrics.disconnect(reason);
+        let stats = self.stats;
+        self.stats.flush(&self.ctx.metrics);
+        (reason, stats)
+    }
+
+    async fn serve(&mut self) -> DisconnectReason {
+        loop {
+            if self.extra.is_some() || self.head < self.batch.len() {
+                match self.write_pending() {
+                    Ok(()) => continue,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "stream write failed");
+                        return DisconnectReason::Error;
+                    }
+                }
+                match std::future::poll_fn(|cx| self.poll_blocked(cx)).await {
+                    Wait::Writable => {}
+                    Wait::Next(Next::Tick(tick)) => {
+                        self.on_tick();
+                        if tick.saturating_sub(self.last_progress_tick) >= self.ctx.write_timeout_ticks {
+                            return DisconnectReason::WriteTimeout;
+                        }
+                    }
+                    Wait::Next(_) => return DisconnectReason::Shutdown,
+                    Wait::ClientClosed => return DisconnectReason::ClientClosed,
+                }
+                continue;
+            }
+            self.batch.clear();
+            self.head = 0;
+            match std::future::poll_fn(|cx| self.poll_idle(cx)).await {
+                Wait::Next(Next::Frames) | Wait::Writable => {}
+                Wait::Next(Next::Tick(tick)) => {
+                    self.on_tick();
+                    if tick.saturating_sub(self.last_write_tick) >= self.ctx.heartbeat_ticks {
+                        self.extra = Some(self.ctx.heartbeat.clone());
+                        self.stats.heartbeats += 1;
+                    }
+                    if self.batch.capacity() > 64 {
+                        self.batch = Vec::new(); // an idle stream keeps no batch memory
+                    }
+                }
+                Wait::Next(Next::Lapped { missed }) => {
+                    tracing::debug!(missed, "stream lapped");
+                    return DisconnectReason::Lapped;
+                }
+                Wait::Next(Next::Shutdown) => return DisconnectReason::Shutdown,
+                Wait::ClientClosed => return DisconnectReason::ClientClosed,
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.stats.flush(&self.ctx.metrics);
+    }
+
+    /// Nothing to write: wait for frames, a tick, or the client going away.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Wait> {
+        if self.poll_client_closed(cx).is_ready() {
+            return Poll::Ready(Wait::ClientClosed);
+        }
+        self.sub.poll_next(cx, &mut self.batch, MAX_BATCH).map(Wait::Next)
+    }
+
+    /// The socket is full: wait for room, a tick (write timeout, shutdown), or the client
+    /// going away. Takes no new frames meanwhile; if the client stays behind long enough
+    /// its cursor is lapped and it is disconnected when it next asks for frames.
+    fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<Wait> {
+        if self.tcp.poll_write_ready(cx).is_ready() {
+            return Poll::Ready(Wait::Writable);
+        }
+        if self.poll_client_closed(cx).is_ready() {
+            return Poll::Ready(Wait::ClientClosed);
+        }
+        self.sub.poll_clock(cx).map(Wait::Next)
+    }
+
+    /// `Ready` when the client closed (EOF or reset) or sent more than `MAX_JUNK` bytes
+    /// after its request (a client may not pipeline on a stream); `Pending` otherwise.
+    fn poll_client_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut junk = [0u8; 512];
+        loop {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.tcp.try_read(&mut junk) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(n) => {
+                    self.junk += n;
+                    if self.junk > MAX_JUNK {
+                        return Poll::Ready(());
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Writes as much of `extra` and the batch as the socket takes, in one `writev`.
+    fn write_pending(&mut self) -> io::Result<()> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut count = 0;
+        if let Some(extra) = &self.extra {
+            slices[0] = IoSlice::new(&extra[self.extra_offset..]);
+            count = 1;
+        }
+        for (i, entry) in self.batch[self.head..].iter().take(MAX_IOV - count).enumerate() {
+            let bytes = &entry.value().bytes;
+            slices[count] = IoSlice::new(if i == 0 { &bytes[self.offset..] } else { bytes });
+            count += 1;
+        }
+        let mut written = self.tcp.try_write_vectored(&slices[..count])?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.stats.writes += 1;
+        self.stats.bytes += written as u64;
+        let tick = self.sub.tick();
+        self.last_write_tick = tick;
+        self.last_progress_tick = tick;
+        if let Some(extra) = &self.extra {
+            let left = extra.len() - self.extra_offset;
+            if written < left {
+                self.extra_offset += written;
+                return Ok(());
+            }
+            written -= left;
+            self.extra = None;
+            self.extra_offset = 0;
+        }
+        while written > 0 {
+            let left = self.batch[self.head].value().bytes.len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return Ok(());
+            }
+            written -= left;
+            self.head += 1;
+            self.offset = 0;
+            self.stats.frames += 1;
+        }
+        if self.head == self.batch.len() {
+            self.batch.clear(); // release the frames at once
+            self.head = 0;
+        }
+        Ok(())
+    }
+}

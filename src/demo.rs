@@ -1,0 +1,26 @@
+//! The `--demo` producer: a simulated price feed on topic `demo`, at a rate that drifts
+//! between about 1 and 9 events per second, so a newcomer sees events at once.
+
+use std::time::Duration;
+
+use crate::hub::{Hub, Publish};
+
+/// Publishes to `demo` until the hub shuts down (run it under [`Hub::spawn_producer`]).
+pub async fn produce(hub: Hub) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut price: i64 = 10_000; // cents
+    for n in 1u64.. {
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = 5.0 + 4.0 * (elapsed / 10.0).sin();
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / rate)).await;
+        // xorshift64: a deterministic wiggle, no randomness needed
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        price = (price + i64::try_from(state % 201).unwrap_or(100) - 100).max(1);
+        let data = serde_json::json!({ "n": n, "price": format!("{}.{:02}", price / 100, price % 100), "rate": (rate * 10.0).round() / 10.0 });
+        hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data.to_string(), retry: None })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Hub behaviour without sockets: ids, validation, publish order, resume decisions.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::{EventId, Hub, HubConfig, InvalidEventId, Publish, PublishError, ResetReason, Start, TopicError};
+use crate::hub::Next;
+use crate::metrics::Metrics;
+
+fn hub(ring_capacity: usize) -> Hub {
+    let config = HubConfig { ring_capacity, tick: Duration::from_secs(3600), ..HubConfig::default() };
+    Hub::new(config, Arc::new(Metrics::default())).expect("inside a runtime")
+}
+
+fn publish(hub: &Hub, topics: &[&str], data: &str) -> EventId {
+    hub.publish(&Publish { topics, event: None, data, retry: None }).expect("valid")
+}
+
+/// Takes whatever the subscription has ready now: (data of each frame, lapped?).
+fn ready(sub: &mut super::Subscription) -> Vec<String> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut batch = Vec::new();
+    let mut got = Vec::new();
+    while let Poll::Ready(Next::Frames) = sub.poll_next(&mut cx, &mut batch, 1024) {
+        for entry in batch.drain(..) {
+            let text = String::from_utf8(entry.value().bytes.to_vec()).expect("utf-8");
+            let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            got.push(data);
+        }
+    }
+    got
+}
+
+#[test]
+fn event_ids_parse_and_print() {
+    let id = EventId { epoch: 1_764_000_000_000, seq: 42 };
+    assert_eq!(id.to_string(), "1764000000000-42");
+    assert_eq!("1764000000000-42".parse(), Ok(id));
+    for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "1 -2", "+1-2", "99999999999999999999999-1"] {
+        assert_eq!(bad.parse::<EventId>(), Err(InvalidEventId), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn topic_names_are_validated_with_clear_errors() {
+    let hub = hub(8);
+    assert_eq!(hub.check_topics(&[]), Err(TopicError::Missing));
+    assert_eq!(hub.check_topics(&[""]), Err(TopicError::Empty));
+    assert_eq!(hub.check_topics(&["a\nb"]), Err(TopicError::ControlChar { code: 10, at: 1 }));
+    let long = "x".repeat(129);
+    assert_eq!(hub.check_topics(&[&long]), Err(TopicError::TooLong { len: 129, max: 128 }));
+    let many = vec!["t"; 17];
+    assert_eq!(hub.check_topics(&many), Err(TopicError::TooMany { count: 17, max: 16 }));
+    assert_eq!(hub.check_topics(&["news/sport", "ünïcode"]), Ok(()));
+}
+
+#[tokio::test]
+async fn ids_increase_across_topics_and_a_bad_batch_publishes_nothing() {
+    let hub = hub(8);
+    let a = publish(&hub, &["a"], "1");
+    let b = publish(&hub, &["b"], "2");
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert!(a < b);
+    let batch = [
+        Publish { topics: &["a"], event: None, data: "3", retry: None },
+        Publish { topics: &["a"], event: Some("bad\nname"), data: "4", retry: None },
+    ];
+    let error = hub.publish_batch(&batch).expect_err("entry 2 is invalid");
+    assert!(matches!(error, PublishError::Frame { index: Some(1), .. }), "{error}");
+    assert!(error.to_string().starts_with("entry 2: "), "{error}");
+    assert_eq!(hub.last_event_id().seq, 2, "nothing of the bad batch was published");
+}
+
+#[tokio::test]
+async fn oversize_events_are_refused() {
+    let config = HubConfig { max_event_bytes: 100, ..HubConfig::default() };
+    let hub = Hub::new(config, Arc::new(Metrics::default())).expect("runtime");
+    let error = hub.publish(&Publish { topics: &["a"], event: None, data: &"x".repeat(200), retry: None });
+    assert!(matches!(error, Err(PublishError::TooLarge { max: 100, .. })), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_multi_topic_subscription_gets_id_order_and_each_event_once() {
+    let hub = hub(8);
+    let mut sub = hub.subscribe(&["a", "b"], None).expect("subscribe");
+    publish(&hub, &["a"], "1");
+    publish(&hub, &["b"], "2");
+    publish(&hub, &["a", "b"], "3");
+    publish(&hub, &["c"], "not mine");
+    publish(&hub, &["b"], "4");
+    assert_eq!(ready(&mut sub), ["1", "2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn resume_within_the_window_is_exact() {
+    let hub = hub(8);
+    publish(&hub, &["a"], "1");
+    let second = publish(&hub, &["b"], "2");
+    publish(&hub, &["a"], "3");
+    publish(&hub, &["b"], "4");
+    let mut sub = hub.subscribe(&["a", "b"], Some(&second.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Resumed);
+    assert!(sub.take_reset_frame().is_none());
+    assert_eq!(ready(&mut sub), ["3", "4"]);
+}
+
+#[tokio::test]
+async fn resume_after_the_last_event_waits_for_the_next() {
+    let hub = hub(8);
+    let last = publish(&hub, &["a"], "1");
+    let mut sub = hub.subscribe(&["a"], Some(&last.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Resumed);
+    assert!(ready(&mut sub).is_empty());
+    publish(&hub, &["a"], "2");
+    assert_eq!(ready(&mut sub), ["2"]);
+}
+
+#[tokio::test]
+async fn resume_from_an_id_older_than_the_ring_resets() {
+    let hub = hub(4);
+    let first = publish(&hub, &["a"], "0");
+    for i in 1..10 {
+        publish(&hub, &["a"], &i.to_string());
+    }
+    let mut sub = hub.subscribe(&["a"], Some(&first.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Reset(ResetReason::TooOld));
+    let reset = String::from_utf8(sub.take_reset_frame().expect("reset frame").to_vec()).expect("utf-8");
+    assert!(reset.contains("event: reset\n"), "{reset}");
+    assert!(reset.contains(&format!("id: {}\n", hub.last_event_id())), "{reset}");
+    assert!(reset.contains(r#""reason":"too-old""#), "{reset}");
+    assert!(ready(&mut sub).is_empty(), "after a reset the stream continues from now");
+    publish(&hub, &["a"], "new");
+    assert_eq!(ready(&mut sub), ["new"]);
+}
+
+#[tokio::test]
+async fn ids_from_another_epoch_or_the_future_or_garbage_reset() {
+    let hub = hub(8);
+    publish(&hub, &["a"], "1");
+    let epoch = hub.epoch();
+    let cases = [
+        (format!("{}-1", epoch - 1), ResetReason::Restarted),
+        (format!("{}-1", epoch + 1), ResetReason::Unknown),
+        (format!("{epoch}-99"), ResetReason::Unknown),
+        ("garbage\r\ndata: injected".to_owned(), ResetReason::Unknown),
+    ];
+    for (id, reason) in cases {
+        let mut sub = hub.subscribe(&["a"], Some(&id)).expect("subscribe");
+        assert_eq!(sub.start(), Start::Reset(reason), "{id:?}");
+        let frame = String::from_utf8(sub.take_reset_frame().expect("reset").to_vec()).expect("utf-8");
+        assert_eq!(frame.matches("\ndata: ").count() + usize::from(frame.starts_with("data: ")), 1, "{frame:?}");
+        assert!(!frame.contains("\ndata: injected"), "the given id cannot inject a field: {frame:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_topic_created_after_the_id_resumes_exactly() {
+    let hub = hub(8);
+    let id = publish(&hub, &["a"], "1");
+    publish(&hub, &["a"], "2");
+    // `b` never existed before: nothing of it can have been lost.
+    let mut sub = hub.subscribe(&["a", "b"], Some(&id.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Resumed);
+    assert_eq!(ready(&mut sub), ["2"]);
+}
+
+#[tokio::test]
+async fn an_idle_topic_is_dropped_and_a_resume_across_it_resets() {
+    // TTL of one tick; the test advances the clock by hand.
+    let config =
+        HubConfig { topic_ttl: Duration::from_millis(1), tick: Duration::from_secs(3600), ..HubConfig::default() };
+    let hub = Hub::new(config, Arc::new(Metrics::default())).expect("runtime");
+    let first = publish(&hub, &["gone"], "1");
+    publish(&hub, &["gone"], "2");
+    let sub = hub.subscribe(&["gone"], None).expect("subscribe");
+    hub.inner.clock.publish(());
+    assert_eq!(hub.sweep(), 0, "a topic with a subscriber is kept");
+    drop(sub);
+    assert_eq!(hub.sweep(), 0, "the subscriber just left: not idle for a tick yet");
+    hub.inner.clock.publish(());
+    assert_eq!(hub.sweep(), 1, "idle for a tick with no subscriber: dropped");
+    assert_eq!(hub.topic_count(), 0);
+    let sub = hub.subscribe(&["gone"], Some(&first.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Reset(ResetReason::TooOld), "event 2 was lost with the dropped ring");
+}
+
+#[tokio::test]
+async fn a_lapped_subscription_reports_it() {
+    let hub = hub(4);
+    let mut sub = hub.subscribe(&["a"], None).expect("subscribe");
+    for i in 0..9 {
+        publish(&hub, &["a"], &i.to_string());
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut batch = Vec::new();
+    assert_eq!(sub.poll_next(&mut cx, &mut batch, 1024), Poll::Ready(Next::Lapped { missed: 5 }));
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_refuses_publishes() {
+    let hub = hub(4);
+    let mut sub = hub.subscribe(&["a"], None).expect("subscribe");
+    hub.shutdown();
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(sub.poll_next(&mut cx, &mut Vec::new(), 16), Poll::Ready(Next::Shutdown));
+    assert!(matches!(
+        hub.publish(&Publish { topics: &["a"], event: None, data: "", retry: None }),
+        Err(PublishError::ShuttingDown)
+    ));
+}

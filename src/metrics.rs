@@ -1,0 +1,190 @@
+//! Prometheus metrics (`GET /metrics`).
+//!
+//! Counters here are statistics only: nothing synchronizes through them. The hot path never
+//! touches them per frame: a connection counts frames and bytes locally and adds its totals
+//! here once per clock tick and when it closes, so `/metrics` lags by at most one tick.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client fell a whole ring behind.
+    Lapped,
+    /// The socket accepted nothing for the write timeout while frames waited.
+    WriteTimeout,
+    /// The client closed the connection.
+    ClientClosed,
+    /// The server is shutting down.
+    Shutdown,
+    /// A write failed (reset by peer, broken pipe).
+    Error,
+}
+
+impl DisconnectReason {
+    /// Every reason, for pre-registering label values so they show as 0.
+    pub const ALL: [Self; 5] = [Self::Lapped, Self::WriteTimeout, Self::ClientClosed, Self::Shutdown, Self::Error];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lapped => "lapped",
+            Self::WriteTimeout => "write_timeout",
+            Self::ClientClosed => "client_closed",
+            Self::Shutdown => "shutdown",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for DisconnectReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label set of `ringcast_disconnects_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: DisconnectReason,
+}
+
+/// Why a request was refused by a limit.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed or invalid request (400).
+    BadRequest,
+    /// Body or event too large (413).
+    TooLarge,
+    /// Request head too large (431).
+    HeaderTooLarge,
+    /// Request head not received in time.
+    HeaderTimeout,
+    /// Too many connections (503).
+    MaxConnections,
+    /// Topic limit reached (503).
+    MaxTopics,
+}
+
+impl Rejection {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::HeaderTimeout => "header_timeout",
+            Self::MaxConnections => "max_connections",
+            Self::MaxTopics => "max_topics",
+        }
+    }
+}
+
+impl EncodeLabelValue for Rejection {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label set of `ringcast_rejected_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabel {
+    /// Why.
+    pub reason: Rejection,
+}
+
+/// Resume outcomes.
+#[derive(Debug, Default)]
+pub struct Resumes {
+    /// `Last-Event-ID` resumed exactly.
+    pub exact: Counter,
+    /// `Last-Event-ID` could not be resumed: the client got the `reset` event.
+    pub reset: Counter,
+}
+
+/// All metrics of a server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open SSE streams.
+    pub streams: Gauge,
+    /// SSE streams opened since start.
+    pub streams_opened: Counter,
+    /// Open TCP connections (streams and other requests).
+    pub connections: Gauge,
+    /// Topics that exist.
+    pub topics: Gauge,
+    /// Events published.
+    pub events_published: Counter,
+    /// Frames written to subscribers.
+    pub frames_delivered: Counter,
+    /// Bytes of frames written to subscribers.
+    pub bytes_delivered: Counter,
+    /// Write system calls made by streams (frames per write = frames / writes).
+    pub writes: Counter,
+    /// Heartbeat comments sent.
+    pub heartbeats: Counter,
+    /// Streams ended, by reason.
+    pub disconnects: Family<ReasonLabel, Counter>,
+    /// Requests refused by a limit, by reason.
+    pub rejected: Family<RejectionLabel, Counter>,
+    /// Resume outcomes.
+    pub resumes: Resumes,
+    /// In-process producers that failed or panicked (and were restarted).
+    pub producer_failures: Counter,
+    /// Resident set size of the process, bytes (read from /proc at each scrape).
+    pub resident_bytes: Gauge,
+}
+
+impl Metrics {
+    /// Counts a disconnect.
+    pub fn disconnect(&self, reason: DisconnectReason) {
+        self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a rejected request.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejected.get_or_create(&RejectionLabel { reason }).inc();
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        if let Some(rss) = resident_bytes() {
+            self.resident_bytes.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+        for reason in DisconnectReason::ALL {
+            drop(self.disconnects.get_or_create(&ReasonLabel { reason }));
+        }
+        let mut registry = Registry::with_prefix("ringcast");
+        registry.register("streams", "Open SSE streams", self.streams.clone());
+        registry.register("streams_opened", "SSE streams opened since start", self.streams_opened.clone());
+        registry.register("connections", "Open TCP connections", self.connections.clone());
+        registry.register("topics", "Topics that exist", self.topics.clone());
+        registry.register("events_published", "Events published", self.events_published.clone());
+        registry.register("frames_delivered", "Frames written to subscribers", self.frames_delivered.clone());
+        registry.register("bytes_delivered", "Bytes of frames written to subscribers", self.bytes_delivered.clone());
+        registry.register("writes", "Write system calls made by streams", self.writes.clone());
+        registry.register("heartbeats", "Heartbeat comments sent", self.heartbeats.clone());
+        registry.register("disconnects", "Streams ended, by reason", self.disconnects.clone());
+        registry.register("rejected", "Requests refused by a limit, by reason", self.rejected.clone());
+        registry.register("resumes_exact", "Last-Event-ID resumed exactly", self.resumes.exact.clone());
+        registry.register("resumes_reset", "Last-Event-ID not resumable: reset event sent", self.resumes.reset.clone());
+        registry.register("producer_failures", "In-process producers restarted", self.producer_failures.clone());
+        registry.register("process_resident_memory_bytes", "Resident set size", self.resident_bytes.clone());
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut text, &registry).ok();
+        text
+    }
+}
+
+/// The process's resident set size from `/proc/self/statm`, if readable.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
