@@ -78,6 +78,13 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = positive_seconds)]
     pub header_timeout: f64,
 
+    /// Kernel send buffer of each connection, in bytes (`SO_SNDBUF`; Linux doubles it for
+    /// bookkeeping). Bounds the kernel memory a slow client can pin and makes a stuck client
+    /// block, and so be lapped or timed out, early. 0 leaves it to the kernel's autotuning
+    /// (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    #[arg(long, env = "RINGCAST_SEND_BUFFER", default_value_t = 256 << 10)]
+    pub send_buffer: usize,
+
     /// Listen backlog (pending connections the kernel queues).
     #[arg(long, env = "RINGCAST_BACKLOG", default_value_t = 16384)]
     pub backlog: i32,
@@ -117,6 +124,10 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Time allowed for streams to close at shutdown.
     pub shutdown_grace: Duration,
+    /// `SO_SNDBUF` of each connection (0: kernel autotuning).
+    pub send_buffer: usize,
+    /// Listen backlog.
+    pub backlog: i32,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +141,8 @@ impl Default for ServerConfig {
             max_header_bytes: 16 << 10,
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            send_buffer: 256 << 10,
+            backlog: 16384,
         }
     }
 }
@@ -156,6 +169,8 @@ impl Args {
             max_header_bytes: self.max_header_bytes,
             header_timeout: Duration::from_secs_f64(self.header_timeout),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+            send_buffer: self.send_buffer,
+            backlog: self.backlog,
         };
         let hub = HubConfig {
             ring_capacity: self.ring_capacity as usize,

@@ -51,7 +51,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
         }
         Err(_) => {
             ctx.metrics.reject(Rejection::HeaderTimeout);
-            let _ = tcp.try_write(&plain_response(408, "Request Timeout", "request head not received in time"));
+            respond_and_close(tcp, plain_response(408, "Request Timeout", "request head not received in time")).await;
             return;
         }
     };
@@ -62,7 +62,7 @@ pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
             ctx.metrics.reject(Rejection::HeaderTooLarge);
             let body =
                 format!("request head larger than {} bytes or with too many headers", ctx.config.max_header_bytes);
-            let _ = tcp.write_all(&plain_response(431, "Request Header Fields Too Large", &body)).await;
+            respond_and_close(tcp, plain_response(431, "Request Header Fields Too Large", &body)).await;
         }
         Head::Closed => {}
     }
@@ -107,6 +107,29 @@ async fn read_head(tcp: &mut TcpStream, ctx: &Ctx) -> io::Result<Head> {
     }
 }
 
+/// How long a lingering close waits for the client to stop sending.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Writes `response`, then closes without losing it: send FIN, and read and discard what the
+/// client still sends (up to 64 KiB, for up to half a second). Closing a socket with unread
+/// input makes the kernel send RST, and the client may then never see the response.
+pub(crate) async fn respond_and_close(mut tcp: TcpStream, response: Vec<u8>) {
+    let linger = async {
+        tcp.write_all(&response).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 << 10 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
 /// A minimal `Connection: close` response with a text body.
 pub(crate) fn plain_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
     let mut out = format!(
@@ -125,11 +148,11 @@ pub(crate) fn plain_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
 x-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
-async fn stream_events(mut tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
+async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
     let mut sub = match request.subscribe(&ctx) {
         Ok(sub) => sub,
         Err((status, reason, message)) => {
-            let _ = tcp.write_all(&plain_response(status, reason, &message)).await;
+            respond_and_close(tcp, plain_response(status, reason, &message)).await;
             return;
         }
     };
@@ -239,6 +262,9 @@ impl SseStream {
                     Wait::Writable => {}
                     Wait::Next(Next::Tick(tick)) => {
                         self.on_tick();
+                        if self.sub.is_lapped() {
+                            return DisconnectReason::Lapped;
+                        }
                         if tick.saturating_sub(self.last_progress_tick) >= self.ctx.write_timeout_ticks {
                             return DisconnectReason::WriteTimeout;
                         }

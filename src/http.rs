@@ -3,6 +3,7 @@
 //! another request. The only module that names hyper.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,8 +58,46 @@ pub(crate) async fn serve_hyper(tcp: TcpStream, prefix: Vec<u8>, ctx: Arc<Ctx>) 
     }
 }
 
-/// The response body type: a complete body, or an event stream.
-pub(crate) enum Body {
+/// ringcast's routes as a hyper service, for embedding in your own hyper server: hand it
+/// the requests for `/events`, `/publish`, `/health` and `/metrics` (see `examples/embed.rs`).
+/// Streams served this way go through hyper (chunked on HTTP/1.1, or HTTP/2); the raw
+/// HTTP/1.1 fast path is used by [`crate::server::run`] only.
+#[derive(Debug, Clone)]
+pub struct Service {
+    ctx: Arc<Ctx>,
+}
+
+impl Service {
+    /// A service over `hub` with the stream settings of `config`.
+    pub fn new(hub: crate::hub::Hub, config: crate::config::ServerConfig) -> Self {
+        Self { ctx: Arc::new(Ctx::new(hub, config)) }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let ctx = Arc::clone(&self.ctx);
+        Box::pin(async move { Ok(route(&ctx, request).await) })
+    }
+}
+
+/// The response body of ringcast's routes: a complete body, or an event stream.
+pub struct Body(BodyKind);
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            BodyKind::Full(_) => "Body::Full",
+            BodyKind::Events(_) => "Body::Events",
+        })
+    }
+}
+
+enum BodyKind {
     Full(Full<Bytes>),
     Events(Box<SseBody>),
 }
@@ -68,15 +107,15 @@ impl http_body::Body for Body {
     type Error = Infallible;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            Body::Full(full) => Pin::new(full).poll_frame(cx),
-            Body::Events(sse) => sse.poll_frame(cx),
+        match &mut self.get_mut().0 {
+            BodyKind::Full(full) => Pin::new(full).poll_frame(cx),
+            BodyKind::Events(sse) => sse.poll_frame(cx),
         }
     }
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(Body::Full(Full::new(Bytes::from(format!("{message}\n")))));
+    let mut response = Response::new(Body(BodyKind::Full(Full::new(Bytes::from(format!("{message}\n"))))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -86,7 +125,7 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::Full(Full::new(Bytes::from(value.to_string()))));
+    let mut response = Response::new(Body(BodyKind::Full(Full::new(Bytes::from(value.to_string())))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
@@ -164,7 +203,7 @@ fn events(ctx: &Arc<Ctx>, request: &Request<Incoming>) -> Response<Body> {
         frames: 0,
         _guard: StreamGuard::new(&ctx.metrics),
     };
-    let mut response = Response::new(Body::Events(Box::new(body)));
+    let mut response = Response::new(Body(BodyKind::Events(Box::new(body))));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -174,7 +213,7 @@ fn events(ctx: &Arc<Ctx>, request: &Request<Incoming>) -> Response<Body> {
 
 /// An event stream as a hyper body: one data frame per SSE frame (hyper and h2 batch the
 /// writes), heartbeats on idle ticks, a final comment on lap or shutdown.
-pub(crate) struct SseBody {
+struct SseBody {
     sub: Subscription,
     ctx: Arc<Ctx>,
     first: Option<Bytes>,

@@ -6,7 +6,8 @@
 //! - [`ring`]: the lock-free ring of frames (publish, cursors, lapping, waking).
 //! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
 //! - [`server`]: listener, accept loop, limits, graceful shutdown; `conn` (the HTTP/1.1 stream
-//!   fast path) and `http` (hyper: publish, health, metrics, HTTP/2) serve each connection.
+//!   fast path) and [`http`] (hyper: publish, health, metrics, HTTP/2; an embeddable
+//!   [`http::Service`]) serve each connection.
 //! - [`publish`]: publish bodies (form, JSON, NDJSON); [`metrics`]: Prometheus metrics.
 //! - [`config`]: command-line options; [`demo`]: the `--demo` producer.
 //! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
@@ -38,7 +39,7 @@ mod conn;
 #[cfg(not(loom))]
 pub mod demo;
 #[cfg(not(loom))]
-mod http;
+pub mod http;
 #[cfg(not(loom))]
 pub mod hub;
 #[cfg(not(loom))]

@@ -459,6 +459,12 @@ impl<T> Cursor<T> {
         Ok(self.next_seq - start)
     }
 
+    /// Whether the next entry this reader would take has already been overwritten (the
+    /// next receive would report `Lagged`). O(1); takes nothing.
+    pub fn is_lapped(&self) -> bool {
+        matches!(self.shared.lookup(self.next_seq), Lookup::Overwritten(_))
+    }
+
     fn has_news(&self) -> bool {
         // Acquire: pairs with the Release store in `close`.
         self.shared.closed.load(Acquire) || !matches!(self.shared.lookup(self.next_seq), Lookup::NotYet)

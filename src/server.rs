@@ -41,7 +41,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn new(hub: Hub, config: ServerConfig) -> Self {
+    pub(crate) fn new(hub: Hub, config: ServerConfig) -> Self {
         let tick = hub.config().tick;
         let metrics = Arc::clone(hub.metrics());
         Self {
@@ -135,10 +135,15 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Binds a listener with a large backlog and `SO_REUSEADDR`. `TCP_NODELAY` and TCP
-/// keep-alive are set on the listening socket, which accepted sockets inherit on Linux, so
-/// accepting costs no extra system calls.
+/// Binds a listener with the default [`ServerConfig`] socket settings and `backlog`.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    bind_with(addr, &ServerConfig { backlog, ..ServerConfig::default() })
+}
+
+/// Binds a listener as `config` says (backlog, send buffer) with `SO_REUSEADDR`.
+/// `TCP_NODELAY`, TCP keep-alive and `SO_SNDBUF` are set on the listening socket, which
+/// accepted sockets inherit on Linux, so accepting costs no extra system calls.
+pub fn bind_with(addr: SocketAddr, config: &ServerConfig) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -146,9 +151,12 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     socket.set_tcp_keepalive(
         &TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)),
     )?;
+    if config.send_buffer > 0 {
+        socket.set_send_buffer_size(config.send_buffer)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
+    socket.listen(config.backlog)?;
     TcpListener::from_std(socket.into())
 }
 
@@ -191,7 +199,9 @@ pub async fn run(
         if open >= ctx.config.max_connections {
             ctx.metrics.reject(Rejection::MaxConnections);
             let body = format!("too many connections (limit {}); retry later", ctx.config.max_connections);
-            let _ = tcp.try_write(&crate::conn::plain_response(503, "Service Unavailable", &body));
+            let response = crate::conn::plain_response(503, "Service Unavailable", &body);
+            // Answer and close off the accept loop; bounded by the lingering close's timeout.
+            tracker.spawn(crate::conn::respond_and_close(tcp, response));
             continue;
         }
         ctx.metrics.connections.inc();

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build().context("could not start the tokio runtime")?;
     runtime.block_on(async move {
-        let listener = ringcast::server::bind(args.listen, args.backlog)
+        let listener = ringcast::server::bind_with(args.listen, &server_config)
             .with_context(|| format!("could not listen on {}", args.listen))?;
         let hub = Hub::new(hub_config.clone(), Arc::new(Metrics::default()))?;
         tracing::info!(

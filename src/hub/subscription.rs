@@ -76,6 +76,12 @@ impl Subscription {
         self.clock.next_seq()
     }
 
+    /// Whether the client has fallen a whole ring behind in any topic (checked without
+    /// taking frames, e.g. while its socket is blocked).
+    pub fn is_lapped(&self) -> bool {
+        self.cursors.iter().any(|(_, cursor)| cursor.is_lapped())
+    }
+
     /// Appends the next ready frames to `batch` (at most `max` for a single topic; for
     /// several topics, everything up to the publish horizon, so that the id order across
     /// topics holds from one batch to the next), or reports a tick, a lap or shutdown.

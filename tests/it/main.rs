@@ -1,0 +1,13 @@
+//! Integration tests: the server in-process on an ephemeral port, driven over real sockets.
+//! One test binary (matklad's advice); one module per behaviour; `support` holds the harness.
+
+mod heartbeat;
+mod http2;
+mod limits;
+mod producer;
+mod publish;
+mod resume;
+mod shutdown;
+mod slow;
+mod stream;
+mod support;

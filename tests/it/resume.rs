@@ -1,0 +1,74 @@
+//! Exact resume with `Last-Event-ID` (header and query parameter), and the reset event when
+//! resume is impossible: too old, or from before a restart.
+
+use std::time::Duration;
+
+use crate::support::{Options, SseClient, WAIT, publish, start};
+
+#[tokio::test]
+async fn resume_within_the_window_loses_and_repeats_nothing() {
+    let server = start(Options::default()).await;
+    let mut first = SseClient::connect(server.addr, "/events?topic=a&topic=b", &[]).await;
+    for i in 0..5 {
+        publish(server.addr, if i % 2 == 0 { "a" } else { "b" }, &i.to_string()).await;
+    }
+    let seen = first.events(2).await;
+    drop(first);
+    for i in 5..8 {
+        publish(server.addr, "a", &i.to_string()).await;
+    }
+    let last = &seen[1].last_event_id;
+    for (path, headers) in [
+        ("/events?topic=a&topic=b".to_owned(), vec![("last-event-id", last.as_str())]),
+        (format!("/events?topic=a&topic=b&lastEventId={last}"), vec![]),
+    ] {
+        let mut again = SseClient::connect(server.addr, &path, &headers).await;
+        let events = again.events(6).await;
+        assert_eq!(
+            events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["2", "3", "4", "5", "6", "7"],
+            "{path}"
+        );
+        assert!(events.iter().all(|e| e.event == "message"), "no reset event");
+        assert!(again.next_event(Duration::from_millis(150)).await.is_none(), "nothing repeated");
+    }
+    assert_eq!(server.metrics().resumes.exact.get(), 2);
+}
+
+#[tokio::test]
+async fn an_id_older_than_the_ring_gets_the_reset_event_then_the_live_stream() {
+    let server = start(Options::default().ring(8)).await;
+    let old = publish(server.addr, "a", "old").await;
+    for i in 0..20 {
+        publish(server.addr, "a", &i.to_string()).await;
+    }
+    let mut client = SseClient::connect(server.addr, "/events?topic=a", &[("last-event-id", &old)]).await;
+    let reset = client.next_event(WAIT).await.expect("reset event");
+    assert_eq!(reset.event, "reset");
+    let data: serde_json::Value = serde_json::from_str(&reset.data).expect("json data");
+    assert_eq!(data["reason"], "too-old");
+    assert_eq!(data["lastEventId"], old.as_str());
+    assert_eq!(reset.last_event_id, server.hub.last_event_id().to_string(), "the reset carries the current position");
+    let live = publish(server.addr, "a", "live").await;
+    let next = client.next_event(WAIT).await.expect("live event");
+    assert_eq!((next.data.as_str(), next.last_event_id.as_str()), ("live", live.as_str()));
+    assert_eq!(server.metrics().resumes.reset.get(), 1);
+}
+
+#[tokio::test]
+async fn an_id_from_before_a_restart_is_never_misread() {
+    let first = start(Options::default()).await;
+    let old = publish(first.addr, "a", "before restart").await;
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(5)).await; // a later epoch, in milliseconds
+    let second = start(Options::default()).await;
+    for i in 0..3 {
+        publish(second.addr, "a", &i.to_string()).await; // seq 1..3 again, under a new epoch
+    }
+    let mut client = SseClient::connect(second.addr, "/events?topic=a", &[("last-event-id", &old)]).await;
+    let reset = client.next_event(WAIT).await.expect("reset");
+    assert_eq!(reset.event, "reset");
+    assert!(reset.data.contains(r#""reason":"restarted""#), "{}", reset.data);
+    publish(second.addr, "a", "after").await;
+    assert_eq!(client.next_event(WAIT).await.expect("live").data, "after");
+}

@@ -1,0 +1,278 @@
+//! Test support: an in-process server on an ephemeral port, a raw SSE client that keeps the
+//! exact bytes it received, and a raw HTTP/1.1 request helper.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringcast::config::ServerConfig;
+use ringcast::hub::{Hub, HubConfig};
+use ringcast::metrics::Metrics;
+use ringcast::parse::{Item, Parser, SseEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before the test fails.
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Options {
+    pub(crate) hub: HubConfig,
+    pub(crate) server: ServerConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        // A small send buffer, so that a client that stops reading blocks the server quickly.
+        let server = ServerConfig { send_buffer: 16 << 10, ..ServerConfig::default() };
+        let hub = HubConfig { ring_capacity: 64, tick: server.tick(), ..HubConfig::default() };
+        Self { hub, server }
+    }
+}
+
+impl Options {
+    /// Sets heartbeat and write timeout and keeps the hub clock consistent with them.
+    pub(crate) fn timing(mut self, heartbeat: Duration, write_timeout: Duration) -> Self {
+        self.server.heartbeat = heartbeat;
+        self.server.write_timeout = write_timeout;
+        self.hub.tick = self.server.tick();
+        self
+    }
+
+    pub(crate) fn ring(mut self, capacity: usize) -> Self {
+        self.hub.ring_capacity = capacity;
+        self
+    }
+}
+
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+pub(crate) async fn start(options: Options) -> TestServer {
+    let hub = Hub::new(options.hub, Arc::new(Metrics::default())).expect("runtime");
+    let listener = ringcast::server::bind_with("127.0.0.1:0".parse().expect("addr"), &options.server).expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ringcast::server::run(listener, hub.clone(), options.server, async move {
+        let _ = stopped.await;
+    }));
+    TestServer { addr, hub, stop: Some(stop), task }
+}
+
+impl TestServer {
+    pub(crate) fn metrics(&self) -> &Metrics {
+        self.hub.metrics()
+    }
+
+    /// Starts shutdown and waits for `run` to return.
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task).await.expect("server stops in time").expect("join").expect("run");
+    }
+
+    pub(crate) fn disconnects(&self, reason: ringcast::metrics::DisconnectReason) -> u64 {
+        self.metrics().disconnects.get_or_create(&ringcast::metrics::ReasonLabel { reason }).get()
+    }
+}
+
+/// A raw SSE client: sends the request by hand, keeps every body byte it reads.
+pub(crate) struct SseClient {
+    pub(crate) tcp: TcpStream,
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    /// Every body byte received so far.
+    pub(crate) body: Vec<u8>,
+    parser: Parser,
+    pub(crate) closed: bool,
+    /// Read buffer (on the heap: keeps the client's futures small).
+    scratch: Vec<u8>,
+}
+
+impl SseClient {
+    pub(crate) async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        Self::connect_on(TcpStream::connect(addr).await.expect("connect"), path, headers).await
+    }
+
+    pub(crate) async fn connect_on(mut tcp: TcpStream, path: &str, headers: &[(&str, &str)]) -> Self {
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: test\r\naccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            let _ = write!(request, "{name}: {value}\r\n");
+        }
+        request.push_str("\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("send request");
+        let mut raw = Vec::new();
+        let head_end = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.expect("response head in time").expect("read");
+            assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+        let mut client = Self {
+            tcp,
+            status,
+            head,
+            body: Vec::new(),
+            parser: Parser::new(),
+            closed: false,
+            scratch: vec![0; 16 << 10],
+        };
+        client.take(&raw[head_end..]);
+        client
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        })
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        self.body.extend_from_slice(bytes);
+        self.parser.feed(bytes);
+    }
+
+    /// Reads once (up to `wait`); false on timeout or close.
+    async fn read_more(&mut self, wait: Duration) -> bool {
+        if self.closed {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        let outcome = tokio::time::timeout(wait, self.tcp.read(&mut buf)).await;
+        let more = match outcome {
+            Ok(Ok(0) | Err(_)) => {
+                self.closed = true;
+                false
+            }
+            Ok(Ok(n)) => {
+                self.take(&buf[..n]);
+                true
+            }
+            Err(_) => false,
+        };
+        self.scratch = buf;
+        more
+    }
+
+    /// The next parsed item (event or comment), or `None` on timeout or close.
+    pub(crate) async fn next_item(&mut self, wait: Duration) -> Option<Item> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(item) = self.parser.next_item() {
+                return Some(item);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.read_more(left).await {
+                return self.parser.next_item();
+            }
+        }
+    }
+
+    /// The next event, skipping comments; `None` on timeout or close.
+    pub(crate) async fn next_event(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_item(left).await? {
+                Item::Event(event) => return Some(event),
+                Item::Comment(_) => {}
+            }
+        }
+    }
+
+    /// `n` events, failing the test if they do not arrive in time.
+    pub(crate) async fn events(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut events = Vec::with_capacity(n);
+        for i in 0..n {
+            let event = self.next_event(WAIT).await;
+            events.push(event.unwrap_or_else(|| panic!("event {} of {n} did not arrive; got {events:?}", i + 1)));
+        }
+        events
+    }
+
+    /// Reads until the server closes the connection; returns the comments seen on the way.
+    pub(crate) async fn until_closed(&mut self) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut comments = Vec::new();
+        loop {
+            while let Some(item) = self.parser.next_item() {
+                if let Item::Comment(comment) = item {
+                    comments.push(comment);
+                }
+            }
+            if self.closed {
+                return comments;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(!left.is_zero(), "the server did not close the stream in time");
+            self.read_more(left).await;
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request with `connection: close`; returns (status, head, body).
+pub(crate) async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("send head");
+    tcp.write_all(body).await.expect("send body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await.expect("response in time").expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, head.to_owned(), body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Publishes a JSON body; returns (status, parsed response).
+pub(crate) async fn publish_json(addr: SocketAddr, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, _, text) =
+        request(addr, "POST", "/publish", &[("content-type", "application/json")], body.to_string().as_bytes()).await;
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON response, got {text:?}")))
+}
+
+/// Publishes one event with `data` on `topic`; returns its id.
+pub(crate) async fn publish(addr: SocketAddr, topic: &str, data: &str) -> String {
+    let (status, response) = publish_json(addr, &serde_json::json!({ "topic": topic, "data": data })).await;
+    assert_eq!(status, 200, "{response}");
+    response["ids"][0].as_str().expect("id").to_owned()
+}
