@@ -9,9 +9,11 @@
 //! batch (all ready frames at once), and a partially written frame is resumed from an offset.
 //! The response is close-delimited (`Connection: close`, no chunked framing).
 
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +45,9 @@ enum Head {
 
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
-    let head = match tokio::time::timeout(ctx.config.header_timeout, read_head(&mut tcp, &ctx)).await {
+    // Boxed: the head-reading state (a timer and a read buffer) is freed once the head is in,
+    // instead of staying reserved in every long-lived stream's future.
+    let head = match Box::pin(tokio::time::timeout(ctx.config.header_timeout, read_head(&mut tcp, &ctx))).await {
         Ok(Ok(head)) => head,
         Ok(Err(error)) => {
             tracing::debug!(%error, "connection failed before its request");
@@ -81,29 +85,47 @@ async fn read_head(tcp: &mut TcpStream, ctx: &Ctx) -> io::Result<Head> {
         if tcp.read_buf(&mut buf).await? == 0 {
             return Ok(if buf.is_empty() { Head::Closed } else { Head::Other(buf) });
         }
-        let Some(line_end) = memchr::memchr(b'\n', &buf) else { continue };
-        let line = &buf[..line_end];
-        if !(line.starts_with(b"GET /events ") || line.starts_with(b"GET /events?")) {
-            return Ok(Head::Other(buf));
+        match classify(&buf) {
+            Classified::Incomplete => {}
+            Classified::Events(request) => return Ok(Head::Events(request)),
+            Classified::Other => return Ok(Head::Other(buf)),
+            Classified::TooManyHeaders => return Ok(Head::TooLarge),
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-                let (Some(path), false) = (request.path, upgrade) else { return Ok(Head::Other(buf)) };
-                let last_event_id = request
-                    .headers
-                    .iter()
-                    .rev()
-                    .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                return Ok(Head::Events(EventsRequest::parse(path, last_event_id)));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Ok(Head::TooLarge),
-            Err(_) => return Ok(Head::Other(buf)), // hyper answers malformed requests
+    }
+}
+
+enum Classified {
+    Incomplete,
+    Events(EventsRequest),
+    Other,
+    TooManyHeaders,
+}
+
+/// Looks at the bytes read so far. A plain function, so that the header array lives on the
+/// stack only here and not in every connection's future.
+fn classify(buf: &[u8]) -> Classified {
+    let Some(line_end) = memchr::memchr(b'\n', buf) else { return Classified::Incomplete };
+    let line = &buf[..line_end];
+    if !(line.starts_with(b"GET /events ") || line.starts_with(b"GET /events?")) {
+        return Classified::Other;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {
+            let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+            let (Some(path), false) = (request.path, upgrade) else { return Classified::Other };
+            let last_event_id = request
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned());
+            Classified::Events(EventsRequest::parse(path, last_event_id))
         }
+        Ok(httparse::Status::Partial) => Classified::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => Classified::TooManyHeaders,
+        Err(_) => Classified::Other, // hyper answers malformed requests
     }
 }
 
@@ -113,11 +135,16 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// Writes `response`, then closes without losing it: send FIN, and read and discard what the
 /// client still sends (up to 64 KiB, for up to half a second). Closing a socket with unread
 /// input makes the kernel send RST, and the client may then never see the response.
-pub(crate) async fn respond_and_close(mut tcp: TcpStream, response: Vec<u8>) {
+pub(crate) async fn respond_and_close(tcp: TcpStream, response: Vec<u8>) {
+    // Boxed: a rare path whose state should not enlarge every connection's future.
+    Box::pin(linger_close(tcp, response)).await;
+}
+
+async fn linger_close(mut tcp: TcpStream, response: Vec<u8>) {
     let linger = async {
         tcp.write_all(&response).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut drained = 0;
         while drained < 64 << 10 {
             match tcp.read(&mut sink).await? {
@@ -163,7 +190,7 @@ async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
         opening.put_slice(&reset);
     }
     let tick = sub.tick();
-    let stream = SseStream {
+    let mut stream = SseStream {
         tcp,
         sub,
         ctx: Arc::clone(&ctx),
@@ -178,7 +205,8 @@ async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
         stats: Stats::default(),
     };
     let _guard = crate::server::StreamGuard::new(&ctx.metrics);
-    let (reason, stats) = stream.run().await;
+    let reason = (&mut stream).await;
+    let stats = stream.finish(reason);
     tracing::debug!(?reason, frames = stats.frames, "stream closed");
 }
 
@@ -228,15 +256,75 @@ enum Wait {
     ClientClosed,
 }
 
+impl Future for SseStream {
+    type Output = DisconnectReason;
+
+    /// The stream's whole life as one hand-written state machine (rather than nested async
+    /// functions, whose states would each keep a copy of the stream): write what is pending,
+    /// else wait for frames, ticks or the client going away.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
+        let this = self.get_mut();
+        loop {
+            if this.extra.is_some() || this.head < this.batch.len() {
+                match this.write_pending() {
+                    Ok(()) => continue,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "stream write failed");
+                        return Poll::Ready(DisconnectReason::Error);
+                    }
+                }
+                match ready!(this.poll_blocked(cx)) {
+                    Wait::Writable => {}
+                    Wait::Next(Next::Tick(tick)) => {
+                        this.on_tick();
+                        if this.sub.is_lapped() {
+                            return Poll::Ready(DisconnectReason::Lapped);
+                        }
+                        if tick.saturating_sub(this.last_progress_tick) >= this.ctx.write_timeout_ticks {
+                            return Poll::Ready(DisconnectReason::WriteTimeout);
+                        }
+                    }
+                    Wait::Next(_) => return Poll::Ready(DisconnectReason::Shutdown),
+                    Wait::ClientClosed => return Poll::Ready(DisconnectReason::ClientClosed),
+                }
+                continue;
+            }
+            this.batch.clear();
+            this.head = 0;
+            match ready!(this.poll_idle(cx)) {
+                Wait::Next(Next::Frames) | Wait::Writable => {}
+                Wait::Next(Next::Tick(tick)) => {
+                    this.on_tick();
+                    if tick.saturating_sub(this.last_write_tick) >= this.ctx.heartbeat_ticks {
+                        this.extra = Some(this.ctx.heartbeat.clone());
+                        this.stats.heartbeats += 1;
+                    }
+                    if this.batch.capacity() > 64 {
+                        this.batch = Vec::new(); // an idle stream keeps no batch memory
+                    }
+                }
+                Wait::Next(Next::Lapped { missed }) => {
+                    tracing::debug!(missed, "stream lapped");
+                    return Poll::Ready(DisconnectReason::Lapped);
+                }
+                Wait::Next(Next::Shutdown) => return Poll::Ready(DisconnectReason::Shutdown),
+                Wait::ClientClosed => return Poll::Ready(DisconnectReason::ClientClosed),
+            }
+        }
+    }
+}
+
 impl SseStream {
-    async fn run(mut self) -> (DisconnectReason, Stats) {
-        let reason = self.serve().await;
-        if let Some(goodbye) = match reason {
+    /// Ends the stream: a final comment where one is due (only at a frame boundary: never
+    /// spliced into a frame), and the counters.
+    fn finish(&mut self, reason: DisconnectReason) -> Stats {
+        let goodbye = match reason {
             DisconnectReason::Lapped => Some(&self.ctx.goodbye_lapped),
             DisconnectReason::Shutdown => Some(&self.ctx.goodbye_shutdown),
             _ => None,
-        } {
-            // Best effort, and only at a frame boundary: never splice into a frame.
+        };
+        if let Some(goodbye) = goodbye {
             if self.offset == 0 && self.extra.is_none() && self.head == self.batch.len() {
                 let _ = self.tcp.try_write(goodbye);
             }
@@ -244,58 +332,7 @@ impl SseStream {
         self.ctx.metrics.disconnect(reason);
         let stats = self.stats;
         self.stats.flush(&self.ctx.metrics);
-        (reason, stats)
-    }
-
-    async fn serve(&mut self) -> DisconnectReason {
-        loop {
-            if self.extra.is_some() || self.head < self.batch.len() {
-                match self.write_pending() {
-                    Ok(()) => continue,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "stream write failed");
-                        return DisconnectReason::Error;
-                    }
-                }
-                match std::future::poll_fn(|cx| self.poll_blocked(cx)).await {
-                    Wait::Writable => {}
-                    Wait::Next(Next::Tick(tick)) => {
-                        self.on_tick();
-                        if self.sub.is_lapped() {
-                            return DisconnectReason::Lapped;
-                        }
-                        if tick.saturating_sub(self.last_progress_tick) >= self.ctx.write_timeout_ticks {
-                            return DisconnectReason::WriteTimeout;
-                        }
-                    }
-                    Wait::Next(_) => return DisconnectReason::Shutdown,
-                    Wait::ClientClosed => return DisconnectReason::ClientClosed,
-                }
-                continue;
-            }
-            self.batch.clear();
-            self.head = 0;
-            match std::future::poll_fn(|cx| self.poll_idle(cx)).await {
-                Wait::Next(Next::Frames) | Wait::Writable => {}
-                Wait::Next(Next::Tick(tick)) => {
-                    self.on_tick();
-                    if tick.saturating_sub(self.last_write_tick) >= self.ctx.heartbeat_ticks {
-                        self.extra = Some(self.ctx.heartbeat.clone());
-                        self.stats.heartbeats += 1;
-                    }
-                    if self.batch.capacity() > 64 {
-                        self.batch = Vec::new(); // an idle stream keeps no batch memory
-                    }
-                }
-                Wait::Next(Next::Lapped { missed }) => {
-                    tracing::debug!(missed, "stream lapped");
-                    return DisconnectReason::Lapped;
-                }
-                Wait::Next(Next::Shutdown) => return DisconnectReason::Shutdown,
-                Wait::ClientClosed => return DisconnectReason::ClientClosed,
-            }
-        }
+        stats
     }
 
     fn on_tick(&mut self) {
@@ -395,5 +432,30 @@ impl SseStream {
             self.head = 0;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::ServerConfig;
+    use crate::hub::{Hub, HubConfig};
+    use crate::metrics::Metrics;
+    use crate::server::Ctx;
+
+    /// The goal is at most 2 KiB of server memory per idle stream (tokio's task header,
+    /// the socket's registration and the cursors' wait nodes come on top of the future).
+    /// Rare paths (error responses, the request-head phase) are boxed so they do not
+    /// enlarge this; a change that puts a buffer into the future fails here.
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default())).unwrap();
+        let future = super::serve(tcp, Arc::new(Ctx::new(hub, ServerConfig::default())));
+        let size = size_of_val(&future);
+        assert!(size <= 1024, "the per-connection future grew to {size} bytes");
     }
 }
