@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let ringcast = ringcast::http::Service::new(hub.clone(), config);
+    let ringcast = ringcast::http::Service::new(hub.clone(), config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await.context("bind 127.0.0.1:8081")?;
     let seconds: u64 = std::env::var("EMBED_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     println!("serving on http://127.0.0.1:8081 for {seconds} s (/events?topic=clock, /publish, /hello)");

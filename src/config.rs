@@ -2,11 +2,15 @@
 //! a flag and a `RINGCAST_*` variable; `ringcast --help` documents each.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::{AuthConfig, JwtKey, Pattern};
 use crate::hub::HubConfig;
+use crate::limits::Rate;
+use crate::security::{SecurityConfig, TlsFiles};
 
 /// Command-line options of the `ringcast` server.
 #[derive(Debug, Clone, Parser)]
@@ -93,6 +97,74 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE", default_value_t = 5.0, value_parser = positive_seconds)]
     pub shutdown_grace: f64,
 
+    /// HS256 secret that verifies client tokens; setting it (or --jwt-public-key) turns
+    /// authorization on. Prefer the environment variable: flags show in `ps`.
+    #[arg(long, env = "RINGCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 or ES256 public key (PEM file) that verifies client tokens.
+    #[arg(long, env = "RINGCAST_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Seconds of clock skew allowed on a token's `exp` and `nbf`.
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY", default_value_t = 30)]
+    pub jwt_leeway: u64,
+
+    /// Topics anyone may subscribe to without a token: exact names or globs (`news/*`, `*`).
+    /// Repeatable; comma-separated in the environment variable.
+    #[arg(long = "public-topics", env = "RINGCAST_PUBLIC_TOPICS", value_delimiter = ',')]
+    pub public_topics: Vec<String>,
+
+    /// Allow publishing without a token even when authorization is on.
+    #[arg(long, env = "RINGCAST_ANONYMOUS_PUBLISH")]
+    pub anonymous_publish: bool,
+
+    /// Name of the cookie that may carry a client's token (for browsers' EventSource).
+    #[arg(long, env = "RINGCAST_AUTH_COOKIE", default_value = "ringcast_token")]
+    pub auth_cookie: String,
+
+    /// Refuse tokens in the `access_token` query parameter (they leak into access logs,
+    /// proxies and browser history; use the cookie or the Authorization header instead).
+    #[arg(long, env = "RINGCAST_NO_QUERY_TOKEN")]
+    pub no_query_token: bool,
+
+    /// TLS certificate chain (PEM): serve HTTPS with HTTP/2 and HTTP/1.1 (ALPN).
+    #[arg(long, env = "RINGCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "RINGCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Origins allowed to use the API from browsers (CORS), repeatable; `*` allows any
+    /// origin without credentials. Listed origins are echoed with credentials allowed.
+    #[arg(long = "cors-origin", env = "RINGCAST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Concurrent connections per client IP (0: no limit); 429 beyond.
+    #[arg(long, env = "RINGCAST_PER_IP_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub per_ip_max_connections: usize,
+
+    /// New connections per second per client IP (0: no limit); 429 beyond.
+    #[arg(long, env = "RINGCAST_PER_IP_CONNECTION_RATE", default_value_t = 200.0)]
+    pub per_ip_connection_rate: f64,
+
+    /// Burst of new connections allowed per client IP above the rate.
+    #[arg(long, env = "RINGCAST_PER_IP_CONNECTION_BURST", default_value_t = 1000.0)]
+    pub per_ip_connection_burst: f64,
+
+    /// Published events per second per token subject (or per IP without a token); 0: no limit.
+    #[arg(long, env = "RINGCAST_PUBLISH_RATE", default_value_t = 10_000.0)]
+    pub publish_rate: f64,
+
+    /// Burst of published events allowed above the rate.
+    #[arg(long, env = "RINGCAST_PUBLISH_BURST", default_value_t = 20_000.0)]
+    pub publish_burst: f64,
+
+    /// Seconds a keep-alive connection with no stream and no request stays open.
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
+    pub idle_timeout: f64,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -128,6 +200,8 @@ pub struct ServerConfig {
     pub send_buffer: usize,
     /// Listen backlog.
     pub backlog: i32,
+    /// Authorization, TLS, CORS and limits.
+    pub security: SecurityConfig,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +217,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             send_buffer: 256 << 10,
             backlog: 16384,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -155,9 +230,45 @@ impl ServerConfig {
     }
 }
 
+/// An option that could not be put to use.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read --jwt-public-key {path}: {source}")]
+pub struct ConfigError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn rate(per_second: f64, burst: f64) -> Rate {
+    if per_second <= 0.0 { Rate::UNLIMITED } else { Rate { per_second, burst: burst.max(1.0) } }
+}
+
 impl Args {
     /// Splits the options into hub and server settings; `fd_limit` is the open-files limit.
-    pub fn configs(&self, fd_limit: u64) -> (HubConfig, ServerConfig) {
+    pub fn configs(&self, fd_limit: u64) -> Result<(HubConfig, ServerConfig), ConfigError> {
+        let key = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), _) => Some(JwtKey::Hs256(secret.as_bytes().to_vec())),
+            (None, Some(path)) => Some(JwtKey::PublicPem(
+                std::fs::read(path).map_err(|source| ConfigError { path: path.clone(), source })?,
+            )),
+            (None, None) => None,
+        };
+        let security = SecurityConfig {
+            auth: AuthConfig {
+                key,
+                leeway: self.jwt_leeway,
+                public_topics: self.public_topics.iter().map(|p| Pattern::new(p)).collect(),
+                anonymous_publish: self.anonymous_publish,
+                cookie_name: self.auth_cookie.clone(),
+                query_token: !self.no_query_token,
+            },
+            cors_origins: self.cors_origins.clone(),
+            per_ip_max_connections: self.per_ip_max_connections,
+            per_ip_connection_rate: rate(self.per_ip_connection_rate, self.per_ip_connection_burst),
+            publish_rate: rate(self.publish_rate, self.publish_burst),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key }),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+        };
         let server = ServerConfig {
             heartbeat: Duration::from_secs_f64(self.heartbeat),
             retry_ms: self.retry_ms,
@@ -171,6 +282,7 @@ impl Args {
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
             send_buffer: self.send_buffer,
             backlog: self.backlog,
+            security,
         };
         let hub = HubConfig {
             ring_capacity: self.ring_capacity as usize,
@@ -181,6 +293,6 @@ impl Args {
             topic_ttl: Duration::from_secs_f64(self.topic_ttl),
             tick: server.tick(),
         };
-        (hub, server)
+        Ok((hub, server))
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::hub::{Frame, Next, Subscription};
 use crate::metrics::{DisconnectReason, Rejection};
 use crate::ring::Entry;
-use crate::server::{Ctx, EventsRequest};
+use crate::server::{Ctx, EventsRequest, Refusal, StreamHeaders};
 
 /// Most frames in one `writev` (Linux allows 1024 iovecs).
 const MAX_IOV: usize = 512;
@@ -44,7 +44,7 @@ enum Head {
 }
 
 /// Serves one accepted connection to the end.
-pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
+pub(crate) async fn serve(mut tcp: TcpStream, ip: std::net::IpAddr, ctx: Arc<Ctx>) {
     // Boxed: the head-reading state (a timer and a read buffer) is freed once the head is in,
     // instead of staying reserved in every long-lived stream's future.
     let head = match Box::pin(tokio::time::timeout(ctx.config.header_timeout, read_head(&mut tcp, &ctx))).await {
@@ -55,18 +55,19 @@ pub(crate) async fn serve(mut tcp: TcpStream, ctx: Arc<Ctx>) {
         }
         Err(_) => {
             ctx.metrics.reject(Rejection::HeaderTimeout);
-            respond_and_close(tcp, plain_response(408, "Request Timeout", "request head not received in time")).await;
+            respond_and_close(tcp, plain_response(408, "Request Timeout", "request head not received in time", &[]))
+                .await;
             return;
         }
     };
     match head {
         Head::Events(request) => stream_events(tcp, request, ctx).await,
-        Head::Other(prefix) => Box::pin(crate::http::serve_hyper(tcp, prefix, ctx)).await,
+        Head::Other(prefix) => Box::pin(crate::http::serve_hyper(tcp, prefix, ip, ctx)).await,
         Head::TooLarge => {
             ctx.metrics.reject(Rejection::HeaderTooLarge);
             let body =
                 format!("request head larger than {} bytes or with too many headers", ctx.config.max_header_bytes);
-            respond_and_close(tcp, plain_response(431, "Request Header Fields Too Large", &body)).await;
+            respond_and_close(tcp, plain_response(431, "Request Header Fields Too Large", &body, &[])).await;
         }
         Head::Closed => {}
     }
@@ -115,13 +116,21 @@ fn classify(buf: &[u8]) -> Classified {
         Ok(httparse::Status::Complete(_)) => {
             let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
             let (Some(path), false) = (request.path, upgrade) else { return Classified::Other };
-            let last_event_id = request
-                .headers
-                .iter()
-                .rev()
-                .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned());
-            Classified::Events(EventsRequest::parse(path, last_event_id))
+            let header = |name: &str| {
+                request
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let headers = StreamHeaders {
+                last_event_id: header("last-event-id"),
+                authorization: header("authorization"),
+                cookie: header("cookie"),
+                origin: header("origin"),
+            };
+            Classified::Events(EventsRequest::parse(path, headers))
         }
         Ok(httparse::Status::Partial) => Classified::Incomplete,
         Err(httparse::Error::TooManyHeaders) => Classified::TooManyHeaders,
@@ -157,14 +166,17 @@ async fn linger_close(mut tcp: TcpStream, response: Vec<u8>) {
     let _ = tokio::time::timeout(LINGER, linger).await;
 }
 
-/// A minimal `Connection: close` response with a text body.
-pub(crate) fn plain_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+/// A minimal `Connection: close` response with a text body and `extra` headers.
+pub(crate) fn plain_response(status: u16, reason: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len() + 1
     );
-    if status == 503 {
-        out.push_str("retry-after: 5\r\n");
+    for (name, value) in extra {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
     }
     out.push_str("\r\n");
     out.push_str(body);
@@ -173,27 +185,65 @@ pub(crate) fn plain_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 }
 
 const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-x-accel-buffering: no\r\nconnection: close\r\n\r\n";
+x-accel-buffering: no\r\nconnection: close\r\n";
+
+/// CORS response headers for an allowed origin.
+fn cors_headers(grant: Option<&crate::security::CorsGrant>) -> Vec<(&'static str, String)> {
+    let Some(grant) = grant else { return Vec::new() };
+    let mut headers = vec![("access-control-allow-origin", grant.allow_origin.clone()), ("vary", "origin".to_owned())];
+    if grant.credentials {
+        headers.push(("access-control-allow-credentials", "true".to_owned()));
+    }
+    headers
+}
 
 async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
-    let mut sub = match request.subscribe(&ctx) {
+    let mut stream = match prepare_stream(tcp, &request, &ctx) {
+        Ok(stream) => stream,
+        Err((tcp, response)) => return respond_and_close(tcp, response).await,
+    };
+    drop(request);
+    let _guard = crate::server::StreamGuard::new(&ctx.metrics);
+    let reason = (&mut stream).await;
+    let stats = stream.finish(reason);
+    tracing::debug!(?reason, frames = stats.frames, "stream closed");
+}
+
+/// Authorizes and subscribes, and builds the stream with its opening bytes (response head,
+/// CORS headers, the opening comment, a reset event if any), or the refusal to send. A plain
+/// function, so its temporaries stay out of the stream's future.
+fn prepare_stream(
+    tcp: TcpStream,
+    request: &EventsRequest,
+    ctx: &Arc<Ctx>,
+) -> Result<Box<SseStream>, (TcpStream, Vec<u8>)> {
+    let cors = cors_headers(request.cors(ctx).as_ref());
+    let mut sub = match request.subscribe(ctx) {
         Ok(sub) => sub,
-        Err((status, reason, message)) => {
-            respond_and_close(tcp, plain_response(status, reason, &message)).await;
-            return;
+        Err(Refusal { status, reason, message, mut headers }) => {
+            headers.extend(cors);
+            let extra: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            return Err((tcp, plain_response(status, reason, &message, &extra)));
         }
     };
     let mut opening = BytesMut::with_capacity(STREAM_HEAD.len() + ctx.opening.len() + 256);
     opening.put_slice(STREAM_HEAD);
+    for (name, value) in &cors {
+        opening.put_slice(name.as_bytes());
+        opening.put_slice(b": ");
+        opening.put_slice(value.as_bytes());
+        opening.put_slice(b"\r\n");
+    }
+    opening.put_slice(b"\r\n");
     opening.put_slice(&ctx.opening);
     if let Some(reset) = sub.take_reset_frame() {
         opening.put_slice(&reset);
     }
     let tick = sub.tick();
-    let mut stream = SseStream {
+    Ok(Box::new(SseStream {
         tcp,
         sub,
-        ctx: Arc::clone(&ctx),
+        ctx: Arc::clone(ctx),
         batch: Vec::new(),
         head: 0,
         offset: 0,
@@ -203,11 +253,7 @@ async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
         last_progress_tick: tick,
         junk: 0,
         stats: Stats::default(),
-    };
-    let _guard = crate::server::StreamGuard::new(&ctx.metrics);
-    let reason = (&mut stream).await;
-    let stats = stream.finish(reason);
-    tracing::debug!(?reason, frames = stats.frames, "stream closed");
+    }))
 }
 
 /// Per-stream counters, added to the shared metrics once per tick and at the end.
@@ -285,6 +331,7 @@ impl Future for SseStream {
                             return Poll::Ready(DisconnectReason::WriteTimeout);
                         }
                     }
+                    Wait::Next(Next::Expired) => return Poll::Ready(DisconnectReason::TokenExpired),
                     Wait::Next(_) => return Poll::Ready(DisconnectReason::Shutdown),
                     Wait::ClientClosed => return Poll::Ready(DisconnectReason::ClientClosed),
                 }
@@ -309,6 +356,7 @@ impl Future for SseStream {
                     return Poll::Ready(DisconnectReason::Lapped);
                 }
                 Wait::Next(Next::Shutdown) => return Poll::Ready(DisconnectReason::Shutdown),
+                Wait::Next(Next::Expired) => return Poll::Ready(DisconnectReason::TokenExpired),
                 Wait::ClientClosed => return Poll::Ready(DisconnectReason::ClientClosed),
             }
         }
@@ -322,6 +370,7 @@ impl SseStream {
         let goodbye = match reason {
             DisconnectReason::Lapped => Some(&self.ctx.goodbye_lapped),
             DisconnectReason::Shutdown => Some(&self.ctx.goodbye_shutdown),
+            DisconnectReason::TokenExpired => Some(&self.ctx.goodbye_expired),
             _ => None,
         };
         if let Some(goodbye) = goodbye {
@@ -454,7 +503,8 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
         let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default())).unwrap();
-        let future = super::serve(tcp, Arc::new(Ctx::new(hub, ServerConfig::default())));
+        let ctx = Arc::new(Ctx::new(hub, ServerConfig::default()).unwrap());
+        let future = super::serve(tcp, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
         let size = size_of_val(&future);
         assert!(size <= 1024, "the per-connection future grew to {size} bytes");
     }

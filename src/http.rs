@@ -5,9 +5,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -16,18 +20,31 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::hub::{Frame, Next, PublishError, Subscription, TopicError};
 use crate::metrics::{DisconnectReason, Rejection};
 use crate::publish::{BodyError, Format};
 use crate::ring::Entry;
-use crate::server::{Ctx, EventsRequest, StreamGuard};
+use crate::server::{Ctx, EventsRequest, StreamGuard, StreamHeaders};
 
-/// Serves a connection with hyper (HTTP/1.1 keep-alive or HTTP/2 prior knowledge), replaying
-/// `prefix`, the bytes already read while looking at the request line.
-pub(crate) async fn serve_hyper(tcp: TcpStream, prefix: Vec<u8>, ctx: Arc<Ctx>) {
-    let io = TokioIo::new(Prefixed { prefix: Bytes::from(prefix), inner: tcp });
+/// Per-connection state hyper's service closure shares with the idle watchdog.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// Streams open on this connection (an open stream is never idle).
+    streams: AtomicUsize,
+    /// Requests seen; the watchdog compares it between two looks.
+    requests: AtomicUsize,
+}
+
+/// Serves a connection with hyper (HTTP/1.1 keep-alive, HTTP/2 prior knowledge, or either
+/// over TLS by ALPN), replaying `prefix`, the bytes already read while looking at the
+/// request line. A connection with no stream and no new request for the idle timeout is
+/// closed gracefully.
+pub(crate) async fn serve_hyper<I>(io: I, prefix: Vec<u8>, ip: IpAddr, ctx: Arc<Ctx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Prefixed { prefix: Bytes::from(prefix), inner: io });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -38,13 +55,30 @@ pub(crate) async fn serve_hyper(tcp: TcpStream, prefix: Vec<u8>, ctx: Arc<Ctx>) 
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(ctx.config.max_header_bytes).unwrap_or(u32::MAX));
+    let state = Arc::new(ConnState::default());
     let service_ctx = Arc::clone(&ctx);
+    let service_state = Arc::clone(&state);
     let service = hyper::service::service_fn(move |request| {
         let ctx = Arc::clone(&service_ctx);
-        async move { Ok::<_, Infallible>(route(&ctx, request).await) }
+        let state = Arc::clone(&service_state);
+        state.requests.fetch_add(1, Relaxed); // Relaxed: a statistic for the watchdog
+        async move { Ok::<_, Infallible>(route(&ctx, Some(&state), ip, request).await) }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
+    let idle = ctx.security.idle_timeout;
+    let watchdog = async {
+        let mut seen = usize::MAX;
+        loop {
+            tokio::time::sleep(idle).await;
+            // Relaxed: statistics; a stale read only delays the close by one period.
+            let requests = state.requests.load(Relaxed);
+            if state.streams.load(Relaxed) == 0 && requests == seen {
+                return;
+            }
+            seen = requests;
+        }
+    };
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
@@ -54,6 +88,11 @@ pub(crate) async fn serve_hyper(tcp: TcpStream, prefix: Vec<u8>, ctx: Arc<Ctx>) 
         () = ctx.shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
+        }
+        () = watchdog => {
+            ctx.metrics.reject(Rejection::IdleTimeout);
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
         }
     }
 }
@@ -68,9 +107,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over `hub` with the stream settings of `config`.
-    pub fn new(hub: crate::hub::Hub, config: crate::config::ServerConfig) -> Self {
-        Self { ctx: Arc::new(Ctx::new(hub, config)) }
+    /// A service over `hub` with the stream and security settings of `config`.
+    pub fn new(
+        hub: crate::hub::Hub,
+        config: crate::config::ServerConfig,
+    ) -> Result<Self, crate::security::SecurityError> {
+        Ok(Self { ctx: Arc::new(Ctx::new(hub, config)?) })
     }
 }
 
@@ -81,7 +123,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let ctx = Arc::clone(&self.ctx);
-        Box::pin(async move { Ok(route(&ctx, request).await) })
+        // The host server knows the peer; without it, publish limits fall back to one shared key.
+        Box::pin(async move { Ok(route(&ctx, None, IpAddr::from([0, 0, 0, 0]), request).await) })
     }
 }
 
@@ -135,10 +178,18 @@ fn error_json(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn route(ctx: &Arc<Ctx>, request: Request<Incoming>) -> Response<Body> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/events") => events(ctx, &request),
-        (&Method::POST, "/publish") => publish(ctx, request).await,
+async fn route(
+    ctx: &Arc<Ctx>,
+    state: Option<&Arc<ConnState>>,
+    ip: IpAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let cors = ctx.security.cors.grant(origin.as_deref());
+    let mut response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/events") => events(ctx, state, &request),
+        (&Method::POST, "/publish") => publish(ctx, ip, request).await,
+        (&Method::OPTIONS, "/publish" | "/events") => preflight(cors.is_some()),
         (&Method::GET, "/health") => health(ctx),
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, ctx.metrics.render().trim_end());
@@ -150,12 +201,51 @@ async fn route(ctx: &Arc<Ctx>, request: Request<Incoming>) -> Response<Body> {
         }
         (_, "/events" | "/health" | "/metrics" | "/publish") => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            let allow = if request.uri().path() == "/publish" { "POST" } else { "GET" };
+            let allow = if request.uri().path() == "/publish" { "POST, OPTIONS" } else { "GET" };
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try GET /events?topic=NAME, POST /publish, /health, /metrics"),
+    };
+    if let Some(grant) = cors {
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&grant.allow_origin) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        }
+        if grant.credentials {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
     }
+    response
+}
+
+/// A CORS preflight: the methods and headers a browser may use, for allowed origins only
+/// (`route` adds the origin headers; a disallowed origin gets none and the browser stops).
+fn preflight(allowed: bool) -> Response<Body> {
+    let mut response = Response::new(Body(BodyKind::Full(Full::new(Bytes::new()))));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    if allowed {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, last-event-id"),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    response
+}
+
+fn refusal_response(refusal: crate::server::Refusal) -> Response<Body> {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = text(status, &refusal.message);
+    for (name, value) in refusal.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 fn health(ctx: &Ctx) -> Response<Body> {
@@ -172,20 +262,26 @@ fn health(ctx: &Ctx) -> Response<Body> {
     )
 }
 
-fn events(ctx: &Arc<Ctx>, request: &Request<Incoming>) -> Response<Body> {
-    let last_event_id = request
-        .headers()
-        .get_all("last-event-id")
-        .iter()
-        .next_back()
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Request<Incoming>) -> Response<Body> {
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .next_back()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let headers = StreamHeaders {
+        last_event_id: header(header::HeaderName::from_static("last-event-id")),
+        authorization: header(header::AUTHORIZATION),
+        cookie: header(header::COOKIE),
+        origin: header(header::ORIGIN),
+    };
     let path_and_query = request.uri().path_and_query().map_or("/events", http::uri::PathAndQuery::as_str);
-    let events_request = EventsRequest::parse(path_and_query, last_event_id);
+    let events_request = EventsRequest::parse(path_and_query, headers);
     let mut sub = match events_request.subscribe(ctx) {
         Ok(sub) => sub,
-        Err((status, _, message)) => {
-            return text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), &message);
-        }
+        Err(refusal) => return refusal_response(refusal),
     };
     let mut first = bytes::BytesMut::from(&ctx.opening[..]);
     if let Some(reset) = sub.take_reset_frame() {
@@ -202,6 +298,7 @@ fn events(ctx: &Arc<Ctx>, request: &Request<Incoming>) -> Response<Body> {
         done: false,
         frames: 0,
         _guard: StreamGuard::new(&ctx.metrics),
+        _conn: state.map(ConnStream::new),
     };
     let mut response = Response::new(Body(BodyKind::Events(Box::new(body))));
     let headers = response.headers_mut();
@@ -223,6 +320,23 @@ struct SseBody {
     done: bool,
     frames: u64,
     _guard: StreamGuard,
+    _conn: Option<ConnStream>,
+}
+
+/// Counts a stream on its connection (for the idle watchdog) while it lives.
+struct ConnStream(Arc<ConnState>);
+
+impl ConnStream {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.streams.fetch_add(1, Relaxed); // Relaxed: a statistic for the watchdog
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Relaxed); // Relaxed: a statistic for the watchdog
+    }
 }
 
 impl SseBody {
@@ -260,12 +374,12 @@ impl SseBody {
                         return Poll::Ready(Some(Ok(BodyFrame::data(self.ctx.heartbeat.clone()))));
                     }
                 }
-                Next::Lapped { .. } | Next::Shutdown => {
+                Next::Lapped { .. } | Next::Shutdown | Next::Expired => {
                     self.done = true;
-                    let (reason, goodbye) = if matches!(next, Next::Shutdown) {
-                        (DisconnectReason::Shutdown, &self.ctx.goodbye_shutdown)
-                    } else {
-                        (DisconnectReason::Lapped, &self.ctx.goodbye_lapped)
+                    let (reason, goodbye) = match next {
+                        Next::Shutdown => (DisconnectReason::Shutdown, &self.ctx.goodbye_shutdown),
+                        Next::Expired => (DisconnectReason::TokenExpired, &self.ctx.goodbye_expired),
+                        _ => (DisconnectReason::Lapped, &self.ctx.goodbye_lapped),
                     };
                     self.ctx.metrics.disconnect(reason);
                     return Poll::Ready(Some(Ok(BodyFrame::data(goodbye.clone()))));
@@ -284,7 +398,15 @@ impl Drop for SseBody {
     }
 }
 
-async fn publish(ctx: &Ctx, request: Request<Incoming>) -> Response<Body> {
+async fn publish(ctx: &Ctx, ip: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    let header =
+        |name: header::HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (authorization, cookie) = (header(header::AUTHORIZATION), header(header::COOKIE));
+    let access_token = request.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "access_token")
+            .map(|(_, value)| value.into_owned())
+    });
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let format = match Format::from_content_type(content_type.as_deref()) {
         Ok(format) => format,
@@ -315,6 +437,22 @@ async fn publish(ctx: &Ctx, request: Request<Incoming>) -> Response<Body> {
             return error_json(status, &error.to_string());
         }
     };
+    let auth = &ctx.security.auth;
+    let token = auth.token_from(authorization.as_deref(), cookie.as_deref(), access_token.as_deref());
+    let all_topics: Vec<&str> = events.iter().flat_map(|e| e.topics.iter().map(String::as_str)).collect();
+    let grant = match auth.publish(token, &all_topics) {
+        Ok(grant) => grant,
+        Err(error) => return refusal_response(crate::server::Refusal::from_auth(&error, &ctx.metrics)),
+    };
+    let key = grant.subject.map_or_else(|| format!("ip:{ip}"), |subject| format!("sub:{subject}"));
+    if let Err(limited) = ctx.security.publish_limits.take(&key, events.len()) {
+        ctx.metrics.reject(Rejection::PublishRate);
+        let mut response = error_json(StatusCode::TOO_MANY_REQUESTS, &limited.to_string());
+        if let Ok(value) = HeaderValue::from_str(&limited.retry_after_header()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let mut topics = Vec::new();
     let views = crate::publish::views(&events, &mut topics);
     let result =
@@ -346,12 +484,12 @@ async fn publish(ctx: &Ctx, request: Request<Incoming>) -> Response<Body> {
 }
 
 /// A stream that first yields `prefix` (bytes already read from `inner`), then reads `inner`.
-struct Prefixed {
+struct Prefixed<I> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: I,
 }
 
-impl AsyncRead for Prefixed {
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
@@ -363,7 +501,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }

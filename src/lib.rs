@@ -9,6 +9,8 @@
 //!   fast path) and [`http`] (hyper: publish, health, metrics, HTTP/2; an embeddable
 //!   [`http::Service`]) serve each connection.
 //! - [`publish`]: publish bodies (form, JSON, NDJSON); [`metrics`]: Prometheus metrics.
+//! - [`security`]: TLS, CORS and limits settings; [`auth`]: JWT topic authorization;
+//!   [`limits`]: per-IP and publish rate limits.
 //! - [`config`]: command-line options; [`demo`]: the `--demo` producer.
 //! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
 //! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg loom`.
@@ -33,6 +35,8 @@ pub mod ring;
 mod sync;
 
 #[cfg(not(loom))]
+pub mod auth;
+#[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
 mod conn;
@@ -43,8 +47,12 @@ pub mod http;
 #[cfg(not(loom))]
 pub mod hub;
 #[cfg(not(loom))]
+pub mod limits;
+#[cfg(not(loom))]
 pub mod metrics;
 #[cfg(not(loom))]
 pub mod publish;
+#[cfg(not(loom))]
+pub mod security;
 #[cfg(not(loom))]
 pub mod server;

@@ -23,11 +23,14 @@ pub enum DisconnectReason {
     Shutdown,
     /// A write failed (reset by peer, broken pipe).
     Error,
+    /// The client's token expired.
+    TokenExpired,
 }
 
 impl DisconnectReason {
     /// Every reason, for pre-registering label values so they show as 0.
-    pub const ALL: [Self; 5] = [Self::Lapped, Self::WriteTimeout, Self::ClientClosed, Self::Shutdown, Self::Error];
+    pub const ALL: [Self; 6] =
+        [Self::Lapped, Self::WriteTimeout, Self::ClientClosed, Self::Shutdown, Self::Error, Self::TokenExpired];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl DisconnectReason {
             Self::ClientClosed => "client_closed",
             Self::Shutdown => "shutdown",
             Self::Error => "error",
+            Self::TokenExpired => "token_expired",
         }
     }
 }
@@ -69,6 +73,16 @@ pub enum Rejection {
     MaxConnections,
     /// Topic limit reached (503).
     MaxTopics,
+    /// No or invalid token (401).
+    Unauthorized,
+    /// A token without the needed rights (403).
+    Forbidden,
+    /// Too many connections from one IP, or too fast (429).
+    PerIp,
+    /// Publish rate exceeded (429).
+    PublishRate,
+    /// Idle keep-alive connection closed.
+    IdleTimeout,
 }
 
 impl Rejection {
@@ -81,6 +95,11 @@ impl Rejection {
             Self::HeaderTimeout => "header_timeout",
             Self::MaxConnections => "max_connections",
             Self::MaxTopics => "max_topics",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::PerIp => "per_ip",
+            Self::PublishRate => "publish_rate",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }

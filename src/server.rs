@@ -1,5 +1,5 @@
-//! The server: listener, accept loop, connection limit, graceful shutdown, and the shared
-//! per-server context every connection holds.
+//! The server: listener, accept loop, per-IP and global connection limits, TLS, graceful
+//! shutdown, and the context every connection shares.
 //!
 //! Shutdown has one shape: the caller's `shutdown` future resolves; the accept loop stops
 //! and drops the listener; the hub's clock closes, which every subscription sees as
@@ -8,24 +8,38 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthError;
 use crate::config::ServerConfig;
 use crate::hub::{Hub, SubscribeError, Subscription, TopicError, ticks};
 use crate::metrics::{Metrics, Rejection};
+use crate::security::{CorsGrant, Security, SecurityError};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The security settings (a key or certificate file).
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The listener.
+    #[error("listener: {0}")]
+    Io(#[from] io::Error),
+}
 
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) hub: Hub,
     pub(crate) config: ServerConfig,
+    pub(crate) security: Security,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when shutdown starts (hyper connections finish gracefully on it).
     pub(crate) shutdown: CancellationToken,
@@ -38,13 +52,15 @@ pub(crate) struct Ctx {
     pub(crate) heartbeat: Bytes,
     pub(crate) goodbye_lapped: Bytes,
     pub(crate) goodbye_shutdown: Bytes,
+    pub(crate) goodbye_expired: Bytes,
 }
 
 impl Ctx {
-    pub(crate) fn new(hub: Hub, config: ServerConfig) -> Self {
+    pub(crate) fn new(hub: Hub, config: ServerConfig) -> Result<Self, SecurityError> {
         let tick = hub.config().tick;
         let metrics = Arc::clone(hub.metrics());
-        Self {
+        let security = Security::new(&config.security)?;
+        Ok(Self {
             heartbeat_ticks: ticks(config.heartbeat, tick),
             write_timeout_ticks: ticks(config.write_timeout, tick),
             opening: Bytes::from(format!(": ringcast stream open\nretry: {}\n\n", config.retry_ms)),
@@ -54,56 +70,136 @@ impl Ctx {
 (a reset event will say if events were lost)\n\n",
             ),
             goodbye_shutdown: Bytes::from_static(b": server shutting down; reconnect with Last-Event-ID\n\n"),
+            goodbye_expired: Bytes::from_static(
+                b"event: token-expired\ndata: {\"reason\":\"the access token expired; reconnect with a fresh one\"}\n\n",
+            ),
             shutdown: CancellationToken::new(),
+            security,
             hub,
             config,
             metrics,
-        }
+        })
     }
 }
 
-/// A parsed `GET /events` request (from the fast path or from hyper).
+/// The request headers a stream needs (from the fast path or from hyper).
+#[derive(Debug, Default)]
+pub(crate) struct StreamHeaders {
+    pub(crate) last_event_id: Option<String>,
+    pub(crate) authorization: Option<String>,
+    pub(crate) cookie: Option<String>,
+    pub(crate) origin: Option<String>,
+}
+
+/// A parsed `GET /events` request.
 #[derive(Debug)]
 pub(crate) struct EventsRequest {
     topics: Vec<String>,
     last_event_id: Option<String>,
+    access_token: Option<String>,
+    headers: StreamHeaders,
+}
+
+/// A refused request: status, reason phrase, message and extra headers.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    pub(crate) fn from_auth(error: &AuthError, metrics: &Metrics) -> Self {
+        match error {
+            AuthError::Unauthorized(message) => {
+                metrics.reject(Rejection::Unauthorized);
+                let description = message.replace('"', "'");
+                Self {
+                    status: 401,
+                    reason: "Unauthorized",
+                    message: message.clone(),
+                    headers: vec![(
+                        "www-authenticate",
+                        format!(
+                            "Bearer realm=\"ringcast\", error=\"invalid_token\", error_description=\"{description}\""
+                        ),
+                    )],
+                }
+            }
+            AuthError::Forbidden(message) => {
+                metrics.reject(Rejection::Forbidden);
+                Self { status: 403, reason: "Forbidden", message: message.clone(), headers: Vec::new() }
+            }
+        }
+    }
 }
 
 impl EventsRequest {
-    /// Reads `topic` (repeatable) and `lastEventId` from the query; the `Last-Event-ID`
-    /// header, when present, wins over the parameter (polyfills use the parameter).
-    pub(crate) fn parse(path_and_query: &str, header: Option<String>) -> Self {
+    /// Reads `topic` (repeatable), `lastEventId` and `access_token` from the query; the
+    /// `Last-Event-ID` header, when present, wins over the parameter (polyfills use it).
+    pub(crate) fn parse(path_and_query: &str, headers: StreamHeaders) -> Self {
         let query = path_and_query.split_once('?').map_or("", |(_, query)| query);
         let mut topics = Vec::new();
         let mut parameter = None;
+        let mut access_token = None;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "topic" => topics.push(value.into_owned()),
                 "lastEventId" => parameter = Some(value.into_owned()),
+                "access_token" => access_token = Some(value.into_owned()),
                 _ => {}
             }
         }
-        Self { topics, last_event_id: header.filter(|id| !id.is_empty()).or(parameter) }
+        let last_event_id = headers.last_event_id.clone().filter(|id| !id.is_empty()).or(parameter);
+        Self { topics, last_event_id, access_token, headers }
     }
 
-    /// Subscribes, or returns the status, reason phrase and message of the refusal.
-    pub(crate) fn subscribe(&self, ctx: &Ctx) -> Result<Subscription, (u16, &'static str, String)> {
-        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        ctx.hub.subscribe(&names, self.last_event_id.as_deref()).map_err(|error| {
-            let message = error.to_string();
-            match error {
-                SubscribeError::Topic(TopicError::Full { .. }) => {
-                    ctx.metrics.reject(Rejection::MaxTopics);
-                    (503, "Service Unavailable", message)
-                }
-                SubscribeError::ShuttingDown => (503, "Service Unavailable", message),
-                SubscribeError::Topic(_) => {
-                    ctx.metrics.reject(Rejection::BadRequest);
-                    (400, "Bad Request", message)
-                }
-            }
-        })
+    /// CORS headers for this request's origin, if allowed.
+    pub(crate) fn cors(&self, ctx: &Ctx) -> Option<CorsGrant> {
+        ctx.security.cors.grant(self.headers.origin.as_deref())
     }
+
+    /// Authorizes and subscribes, or says why not.
+    pub(crate) fn subscribe(&self, ctx: &Ctx) -> Result<Subscription, Refusal> {
+        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        ctx.hub.check_topics(&names).map_err(|error| topic_refusal(&error, ctx))?;
+        let auth = &ctx.security.auth;
+        let token = auth.token_from(
+            self.headers.authorization.as_deref(),
+            self.headers.cookie.as_deref(),
+            self.access_token.as_deref(),
+        );
+        let grant = auth.subscribe(token, &names).map_err(|error| Refusal::from_auth(&error, &ctx.metrics))?;
+        let mut subscription =
+            ctx.hub.subscribe(&names, self.last_event_id.as_deref()).map_err(|error| match error {
+                SubscribeError::Topic(error) => topic_refusal(&error, ctx),
+                SubscribeError::ShuttingDown => Refusal {
+                    status: 503,
+                    reason: "Service Unavailable",
+                    message: error.to_string(),
+                    headers: Vec::new(),
+                },
+            })?;
+        if let Some(exp) = grant.expires {
+            subscription.expire_at(exp);
+        }
+        Ok(subscription)
+    }
+}
+
+fn topic_refusal(error: &TopicError, ctx: &Ctx) -> Refusal {
+    if let TopicError::Full { .. } = error {
+        ctx.metrics.reject(Rejection::MaxTopics);
+        return Refusal {
+            status: 503,
+            reason: "Service Unavailable",
+            message: error.to_string(),
+            headers: vec![("retry-after", "5".to_owned())],
+        };
+    }
+    ctx.metrics.reject(Rejection::BadRequest);
+    Refusal { status: 400, reason: "Bad Request", message: error.to_string(), headers: Vec::new() }
 }
 
 /// Counts an open stream for as long as it lives.
@@ -167,8 +263,11 @@ pub async fn run(
     hub: Hub,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let ctx = Arc::new(Ctx::new(hub, config));
+) -> Result<(), ServerError> {
+    let ctx = Arc::new(Ctx::new(hub, config)?);
+    if ctx.security.auth.is_open() {
+        tracing::info!("no JWT key configured: anyone may subscribe and publish (see --jwt-secret)");
+    }
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     let mut fd_backoff = Duration::from_millis(10);
@@ -177,7 +276,7 @@ pub async fn run(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (tcp, _peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(accepted) => {
                 fd_backoff = Duration::from_millis(10);
                 accepted
@@ -195,21 +294,32 @@ pub async fn run(
                 continue;
             }
         };
-        let open = usize::try_from(ctx.metrics.connections.get()).unwrap_or(0);
-        if open >= ctx.config.max_connections {
-            ctx.metrics.reject(Rejection::MaxConnections);
-            let body = format!("too many connections (limit {}); retry later", ctx.config.max_connections);
-            let response = crate::conn::plain_response(503, "Service Unavailable", &body);
+        if let Some(response) = over_global_limit(&ctx) {
             // Answer and close off the accept loop; bounded by the lingering close's timeout.
             tracker.spawn(crate::conn::respond_and_close(tcp, response));
             continue;
         }
+        let ip_guard = match ctx.security.ip_limits.admit(peer.ip()) {
+            Ok(guard) => guard,
+            Err(limited) => {
+                ctx.metrics.reject(Rejection::PerIp);
+                let retry = limited.retry_after_header();
+                let response = crate::conn::plain_response(
+                    429,
+                    "Too Many Requests",
+                    &limited.to_string(),
+                    &[("retry-after", &retry)],
+                );
+                tracker.spawn(crate::conn::respond_and_close(tcp, response));
+                continue;
+            }
+        };
         ctx.metrics.connections.inc();
         let guard = ConnectionGuard(Arc::clone(&ctx.metrics));
         let ctx = Arc::clone(&ctx);
         tracker.spawn(async move {
-            crate::conn::serve(tcp, ctx).await;
-            drop(guard);
+            serve(tcp, peer.ip(), ctx).await;
+            drop((guard, ip_guard));
         });
     }
     drop(listener);
@@ -227,7 +337,56 @@ pub async fn run(
     Ok(())
 }
 
+/// Plain TCP goes to the stream fast path or hyper; TLS is handshaken, then hyper.
+async fn serve(tcp: TcpStream, ip: IpAddr, ctx: Arc<Ctx>) {
+    let Some(acceptor) = ctx.security.tls.clone() else {
+        crate::conn::serve(tcp, ip, ctx).await;
+        return;
+    };
+    let handshake = Box::pin(tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tcp)));
+    match handshake.await {
+        Ok(Ok(tls)) => Box::pin(crate::http::serve_hyper(tls, Vec::new(), ip, ctx)).await,
+        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+        Err(_) => ctx.metrics.reject(Rejection::HeaderTimeout),
+    }
+}
+
+/// The global connection limit: `Some(response)` refuses the connection.
+fn over_global_limit(ctx: &Ctx) -> Option<Vec<u8>> {
+    let open = usize::try_from(ctx.metrics.connections.get()).unwrap_or(0);
+    if open < ctx.config.max_connections {
+        return None;
+    }
+    ctx.metrics.reject(Rejection::MaxConnections);
+    let body = format!("too many connections (limit {}); retry later", ctx.config.max_connections);
+    Some(crate::conn::plain_response(503, "Service Unavailable", &body, &[("retry-after", "5")]))
+}
+
 fn is_resource_exhaustion(error: &io::Error) -> bool {
     // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{EventsRequest, StreamHeaders};
+    use crate::hub::check_topic_name;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any query string: parsing never panics, and every topic that passes validation is
+        /// free of control characters (so it can never reach a stream as a line break).
+        #[test]
+        fn any_query_parses_and_validated_topics_are_clean(query in ".{0,200}", lei in proptest::option::of(".{0,60}")) {
+            let request = EventsRequest::parse(&format!("/events?{query}"), StreamHeaders { last_event_id: lei, ..StreamHeaders::default() });
+            for topic in &request.topics {
+                if check_topic_name(topic, 128).is_ok() {
+                    prop_assert!(!topic.chars().any(char::is_control));
+                }
+            }
+        }
+    }
 }

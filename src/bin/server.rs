@@ -15,13 +15,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log)
                 .with_context(|| format!("invalid --log filter `{}`", args.log))?,
         )
         .init();
     let fd_limit = rlimit::increase_nofile_limit(u64::MAX).context("could not raise the open-files limit")?;
-    let (hub_config, server_config) = args.configs(fd_limit);
+    let (hub_config, server_config) = args.configs(fd_limit)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         runtime.worker_threads(workers.max(1));
@@ -38,6 +39,8 @@ fn main() -> anyhow::Result<()> {
             ring_capacity = hub_config.ring_capacity,
             heartbeat_s = server_config.heartbeat.as_secs_f64(),
             demo = args.demo,
+            tls = server_config.security.tls.is_some(),
+            auth = server_config.security.auth.key.is_some(),
             "ringcast listening"
         );
         if args.demo {

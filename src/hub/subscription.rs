@@ -25,6 +25,8 @@ pub enum Next {
     },
     /// The hub is shutting down.
     Shutdown,
+    /// The client's token expired: end the stream with the `token-expired` event.
+    Expired,
 }
 
 /// One client's view of the hub (see the module docs).
@@ -34,6 +36,8 @@ pub struct Subscription {
     clock: Cursor<()>,
     start: Start,
     reset: Option<Bytes>,
+    /// Clock tick at which the client's token expires.
+    expires_at_tick: Option<u64>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -53,7 +57,15 @@ impl Subscription {
         start: Start,
         reset: Option<Bytes>,
     ) -> Self {
-        Self { hub, cursors, clock, start, reset }
+        Self { hub, cursors, clock, start, reset, expires_at_tick: None }
+    }
+
+    /// Ends the stream (with [`Next::Expired`]) once the wall clock passes `exp` (Unix
+    /// seconds), checked at each hub clock tick: no timer of its own.
+    pub fn expire_at(&mut self, exp: u64) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let left = std::time::Duration::from_secs(exp.saturating_sub(now));
+        self.expires_at_tick = Some(self.tick() + super::ticks(left, self.hub.config().tick));
     }
 
     /// How the subscription started (fresh, resumed, or reset).
@@ -120,7 +132,13 @@ impl Subscription {
         loop {
             match self.clock.skip_ready() {
                 Ok(0) => {}
-                Ok(_) | Err(RecvError::Lagged { .. }) => return Poll::Ready(Next::Tick(self.clock.next_seq())),
+                Ok(_) | Err(RecvError::Lagged { .. }) => {
+                    let tick = self.clock.next_seq();
+                    if self.expires_at_tick.is_some_and(|at| tick >= at) {
+                        return Poll::Ready(Next::Expired);
+                    }
+                    return Poll::Ready(Next::Tick(tick));
+                }
                 Err(RecvError::Closed) => return Poll::Ready(Next::Shutdown),
             }
             if self.clock.poll_ready(cx).is_pending() {

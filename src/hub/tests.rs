@@ -209,3 +209,47 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
         Err(PublishError::ShuttingDown)
     ));
 }
+
+mod properties {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::{Hub, hub, publish};
+    use crate::hub::Start;
+
+    fn shared() -> &'static (tokio::runtime::Runtime, Hub) {
+        static SHARED: OnceLock<(tokio::runtime::Runtime, Hub)> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let hub = runtime.block_on(async {
+                let hub = hub(8);
+                for i in 0..20 {
+                    publish(&hub, &["a"], &i.to_string());
+                }
+                hub
+            });
+            (runtime, hub)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any `Last-Event-ID`: the subscription starts (resumed or reset), never panics, and a
+        /// reset frame is exactly one event whatever the id contained.
+        #[test]
+        fn any_last_event_id_starts_a_subscription(id in ".{0,80}") {
+            let (runtime, hub) = shared();
+            let _guard = runtime.enter();
+            let mut sub = hub.subscribe(&["a"], Some(&id)).expect("valid topics");
+            if let Start::Reset(_) = sub.start() {
+                let frame = sub.take_reset_frame().expect("reset frame");
+                let mut parser = crate::parse::Parser::new();
+                parser.feed(&frame);
+                prop_assert_eq!(parser.next_event().map(|e| e.event), Some("reset".to_owned()));
+                prop_assert_eq!(parser.next_event(), None);
+            }
+        }
+    }
+}

@@ -69,3 +69,38 @@ fn ndjson_batches_and_names_the_bad_line() {
 fn invalid_utf8_is_reported_with_its_offset() {
     assert_eq!(parse(Format::Json, b"{\"topic\":\"a\xff\"}"), Err(BodyError::NotUtf8(11)));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::{BodyError, Format, parse};
+
+    fn format() -> impl Strategy<Value = Format> {
+        prop_oneof![Just(Format::Form), Just(Format::Json), Just(Format::Ndjson)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes in any format: a parse or a refusal with a message, never a panic.
+        #[test]
+        fn any_body_parses_or_is_refused_with_a_message(format in format(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(error) = parse(format, &body) {
+                prop_assert!(!error.to_string().is_empty());
+                prop_assert!(!matches!(error, BodyError::UnsupportedType(_)), "the format was given");
+            }
+        }
+
+        /// JSON-shaped bodies (the interesting neighbourhood): same property.
+        #[test]
+        fn json_like_bodies(topic in ".{0,20}", event in proptest::option::of(".{0,20}"), data in ".{0,40}", lines in 1usize..4) {
+            let one = serde_json::json!({ "topic": topic, "event": event, "data": data }).to_string();
+            let body = vec![one; lines].join("\n");
+            for format in [Format::Json, Format::Ndjson] {
+                if let Err(error) = parse(format, body.as_bytes()) {
+                    prop_assert!(!error.to_string().is_empty());
+                }
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod limits;
 mod producer;
 mod publish;
 mod resume;
+mod security;
 mod shutdown;
 mod slow;
 mod stream;

@@ -51,7 +51,7 @@ pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) hub: Hub,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<Result<(), ringcast::server::ServerError>>,
 }
 
 pub(crate) async fn start(options: Options) -> TestServer {

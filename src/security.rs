@@ -1,0 +1,176 @@
+//! Security settings and their runtime form: authorization, CORS, TLS, per-IP and publish
+//! limits. Built once when the server starts ([`Security::new`]); a bad key or certificate
+//! stops the start with a message saying which file and why.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{Auth, AuthConfig, KeyError};
+use crate::limits::{IpLimits, Rate, RateLimits};
+
+/// Certificate chain and private key files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Security settings (plain data; see [`Security`]).
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Token verification and topic rules.
+    pub auth: AuthConfig,
+    /// Origins allowed to read responses cross-origin; `*` allows any (without credentials).
+    pub cors_origins: Vec<String>,
+    /// Concurrent connections per client IP (0: no limit).
+    pub per_ip_max_connections: usize,
+    /// New connections per second per client IP.
+    pub per_ip_connection_rate: Rate,
+    /// Published events per second per token subject (or per IP without a token).
+    pub publish_rate: Rate,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with these files.
+    pub tls: Option<TlsFiles>,
+    /// Close a keep-alive connection with no request and no stream for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            auth: AuthConfig::default(),
+            cors_origins: Vec::new(),
+            per_ip_max_connections: 1000,
+            per_ip_connection_rate: Rate { per_second: 200.0, burst: 1000.0 },
+            publish_rate: Rate { per_second: 10_000.0, burst: 20_000.0 },
+            tls: None,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the security settings could not be put to use.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The JWT key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A TLS file.
+    #[error("TLS: {what} {path}: {reason}")]
+    Tls {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// CORS: which origins get which headers.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+/// The CORS headers for one response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsGrant {
+    /// `Access-Control-Allow-Origin`.
+    pub allow_origin: String,
+    /// `Access-Control-Allow-Credentials: true` (only for an exactly listed origin).
+    pub credentials: bool,
+}
+
+impl Cors {
+    /// From the configured origins (`*` = any origin, without credentials).
+    pub fn new(origins: &[String]) -> Self {
+        let any = origins.iter().any(|o| o == "*");
+        Self {
+            any,
+            origins: origins.iter().filter(|o| *o != "*").map(|o| o.trim_end_matches('/').to_owned()).collect(),
+        }
+    }
+
+    /// The headers for a request from `origin`; `None` for no origin or a disallowed one.
+    pub fn grant(&self, origin: Option<&str>) -> Option<CorsGrant> {
+        let origin = origin?;
+        if self.origins.iter().any(|allowed| allowed == origin) {
+            // Echo the exact origin so cookies may be sent (`withCredentials`).
+            Some(CorsGrant { allow_origin: origin.to_owned(), credentials: true })
+        } else if self.any {
+            Some(CorsGrant { allow_origin: "*".to_owned(), credentials: false })
+        } else {
+            None
+        }
+    }
+}
+
+/// Security in use by a running server.
+pub struct Security {
+    /// Token verification.
+    pub auth: Auth,
+    /// CORS rules.
+    pub cors: Cors,
+    /// Per-IP connection limits.
+    pub ip_limits: Arc<IpLimits>,
+    /// Publish rate limits, keyed `sub:<subject>` or `ip:<address>`.
+    pub publish_limits: RateLimits<String>,
+    /// TLS, if configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Idle keep-alive timeout.
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Security {
+    /// Builds everything; reads the TLS files.
+    pub fn new(config: &SecurityConfig) -> Result<Self, SecurityError> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        Ok(Self {
+            auth: Auth::new(config.auth.clone())?,
+            cors: Cors::new(&config.cors_origins),
+            ip_limits: IpLimits::new(config.per_ip_max_connections, config.per_ip_connection_rate),
+            publish_limits: RateLimits::new(config.publish_rate),
+            tls,
+            idle_timeout: config.idle_timeout,
+        })
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, SecurityError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let cert_error = |reason: String| SecurityError::Tls { what: "certificate", path: files.cert.clone(), reason };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| cert_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_error("no certificate found in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| SecurityError::Tls {
+        what: "private key",
+        path: files.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert_error(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| cert_error(format!("the certificate and key do not fit together: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
