@@ -135,23 +135,38 @@ impl Refusal {
     }
 }
 
-impl EventsRequest {
-    /// Reads `topic` (repeatable), `lastEventId` and `access_token` from the query; the
-    /// `Last-Event-ID` header, when present, wins over the parameter (polyfills use it).
-    pub(crate) fn parse(path_and_query: &str, headers: StreamHeaders) -> Self {
-        let query = path_and_query.split_once('?').map_or("", |(_, query)| query);
-        let mut topics = Vec::new();
-        let mut parameter = None;
-        let mut access_token = None;
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match &*key {
-                "topic" => topics.push(value.into_owned()),
-                "lastEventId" => parameter = Some(value.into_owned()),
-                "access_token" => access_token = Some(value.into_owned()),
-                _ => {}
-            }
+/// What a `GET /events` query string asks for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// `topic` parameters, in order (not validated yet).
+    pub topics: Vec<String>,
+    /// The `lastEventId` parameter (for polyfills that cannot send the header).
+    pub last_event_id: Option<String>,
+    /// The `access_token` parameter.
+    pub access_token: Option<String>,
+}
+
+/// Parses the query of `GET /events` (percent-decoding, `+` as space; unknown keys ignored).
+pub fn parse_events_query(path_and_query: &str) -> EventsQuery {
+    let query = path_and_query.split_once('?').map_or("", |(_, query)| query);
+    let mut parsed = EventsQuery::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "topic" => parsed.topics.push(value.into_owned()),
+            "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
+            "access_token" => parsed.access_token = Some(value.into_owned()),
+            _ => {}
         }
-        let last_event_id = headers.last_event_id.clone().filter(|id| !id.is_empty()).or(parameter);
+    }
+    parsed
+}
+
+impl EventsRequest {
+    /// The request from its query and headers; the `Last-Event-ID` header, when present,
+    /// wins over the `lastEventId` parameter.
+    pub(crate) fn parse(path_and_query: &str, headers: StreamHeaders) -> Self {
+        let EventsQuery { topics, last_event_id, access_token } = parse_events_query(path_and_query);
+        let last_event_id = headers.last_event_id.clone().filter(|id| !id.is_empty()).or(last_event_id);
         Self { topics, last_event_id, access_token, headers }
     }
 
