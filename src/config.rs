@@ -14,6 +14,7 @@ use crate::security::{SecurityConfig, TlsFiles};
 
 /// Command-line options of the `ringcast` server.
 #[derive(Debug, Clone, Parser)]
+#[expect(clippy::struct_excessive_bools, reason = "on/off command-line flags are bools")]
 #[command(name = "ringcast", version, about = "A Server-Sent Events broadcaster: one lock-free ring per topic.")]
 pub struct Args {
     /// Address to listen on.
@@ -165,6 +166,11 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
     pub idle_timeout: f64,
 
+    /// Enable test hooks (`POST /debug/disconnect` drops every stream at once, as a network
+    /// failure would). For browser and resilience tests only; never in production.
+    #[arg(long, env = "RINGCAST_TEST_HOOKS", hide = true)]
+    pub test_hooks: bool,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -202,6 +208,8 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// Authorization, TLS, CORS and limits.
     pub security: SecurityConfig,
+    /// Whether the test hooks are on (see `--test-hooks`).
+    pub test_hooks: bool,
 }
 
 impl Default for ServerConfig {
@@ -218,6 +226,7 @@ impl Default for ServerConfig {
             send_buffer: 256 << 10,
             backlog: 16384,
             security: SecurityConfig::default(),
+            test_hooks: false,
         }
     }
 }
@@ -283,6 +292,7 @@ impl Args {
             send_buffer: self.send_buffer,
             backlog: self.backlog,
             security,
+            test_hooks: self.test_hooks,
         };
         let hub = HubConfig {
             ring_capacity: self.ring_capacity as usize,

@@ -252,6 +252,7 @@ fn prepare_stream(
         last_write_tick: tick,
         last_progress_tick: tick,
         junk: 0,
+        kicks: ctx.kicks(),
         stats: Stats::default(),
     }))
 }
@@ -293,6 +294,8 @@ struct SseStream {
     last_progress_tick: u64,
     /// Bytes the client sent after its request (discarded).
     junk: usize,
+    /// The test hook's generation when the stream started.
+    kicks: u64,
     stats: Stats,
 }
 
@@ -324,6 +327,9 @@ impl Future for SseStream {
                     Wait::Writable => {}
                     Wait::Next(Next::Tick(tick)) => {
                         this.on_tick();
+                        if this.ctx.kicks() != this.kicks {
+                            return Poll::Ready(DisconnectReason::TestHook);
+                        }
                         if this.sub.is_lapped() {
                             return Poll::Ready(DisconnectReason::Lapped);
                         }
@@ -343,6 +349,9 @@ impl Future for SseStream {
                 Wait::Next(Next::Frames) | Wait::Writable => {}
                 Wait::Next(Next::Tick(tick)) => {
                     this.on_tick();
+                    if this.ctx.kicks() != this.kicks {
+                        return Poll::Ready(DisconnectReason::TestHook);
+                    }
                     if tick.saturating_sub(this.last_write_tick) >= this.ctx.heartbeat_ticks {
                         this.extra = Some(this.ctx.heartbeat.clone());
                         this.stats.heartbeats += 1;

@@ -191,6 +191,11 @@ async fn route(
         (&Method::POST, "/publish") => publish(ctx, ip, request).await,
         (&Method::OPTIONS, "/publish" | "/events") => preflight(cors.is_some()),
         (&Method::GET, "/health") => health(ctx),
+        (&Method::GET, "/" | "/dashboard") => dashboard(),
+        (&Method::POST, "/debug/disconnect") if ctx.config.test_hooks => {
+            ctx.kick_all();
+            text(StatusCode::OK, "every stream dropped")
+        }
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, ctx.metrics.render().trim_end());
             response.headers_mut().insert(
@@ -248,6 +253,24 @@ fn refusal_response(refusal: crate::server::Refusal) -> Response<Body> {
     response
 }
 
+/// The dashboard: one self-contained page (no CDN), compiled into the binary.
+fn dashboard() -> Response<Body> {
+    let mut response = Response::new(Body(BodyKind::Full(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+        ),
+    );
+    response
+}
+
+/// The dashboard page (see `src/dashboard.html`).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 fn health(ctx: &Ctx) -> Response<Body> {
     let status = if ctx.hub.is_shut_down() { "shutting-down" } else { "ok" };
     json(
@@ -297,6 +320,7 @@ fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Request<Inco
         last_tick_with_data: tick,
         done: false,
         frames: 0,
+        kicks: ctx.kicks(),
         _guard: StreamGuard::new(&ctx.metrics),
         _conn: state.map(ConnStream::new),
     };
@@ -319,6 +343,8 @@ struct SseBody {
     last_tick_with_data: u64,
     done: bool,
     frames: u64,
+    /// The test hook's generation when the stream started.
+    kicks: u64,
     _guard: StreamGuard,
     _conn: Option<ConnStream>,
 }
@@ -368,6 +394,11 @@ impl SseBody {
             match next {
                 Next::Frames => {}
                 Next::Tick(tick) => {
+                    if self.ctx.kicks() != self.kicks {
+                        self.done = true;
+                        self.ctx.metrics.disconnect(DisconnectReason::TestHook);
+                        return Poll::Ready(None);
+                    }
                     if tick.saturating_sub(self.last_tick_with_data) >= self.ctx.heartbeat_ticks {
                         self.last_tick_with_data = tick;
                         self.ctx.metrics.heartbeats.inc();
@@ -437,6 +468,13 @@ async fn publish(ctx: &Ctx, ip: IpAddr, request: Request<Incoming>) -> Response<
             return error_json(status, &error.to_string());
         }
     };
+    if let Some(reserved) =
+        events.iter().flat_map(|e| &e.topics).find(|topic| topic.starts_with(crate::stats::RESERVED_PREFIX))
+    {
+        ctx.metrics.reject(Rejection::Forbidden);
+        let message = format!("topic `{reserved}` is reserved: topics under $sys/ are published by the server");
+        return error_json(StatusCode::FORBIDDEN, &message);
+    }
     let auth = &ctx.security.auth;
     let token = auth.token_from(authorization.as_deref(), cookie.as_deref(), access_token.as_deref());
     let all_topics: Vec<&str> = events.iter().flat_map(|e| e.topics.iter().map(String::as_str)).collect();

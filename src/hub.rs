@@ -260,6 +260,19 @@ pub enum Start {
     Reset(ResetReason),
 }
 
+/// One topic in [`Hub::topic_stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStats {
+    /// The topic's name.
+    pub name: String,
+    /// Open subscriptions.
+    pub subscribers: usize,
+    /// Events published to it since it was created.
+    pub published: u64,
+    /// Its ring's capacity.
+    pub capacity: usize,
+}
+
 /// A topic: its ring and bookkeeping.
 #[derive(Debug)]
 pub(crate) struct Topic {
@@ -720,6 +733,25 @@ impl Hub {
                 hub.sweep();
             }
         });
+    }
+
+    /// A snapshot of every topic: name, live cursors, events published, ring capacity.
+    pub fn topic_stats(&self) -> Vec<TopicStats> {
+        self.read_topics()
+            .values()
+            .map(|topic| TopicStats {
+                name: topic.name.to_string(),
+                subscribers: topic.ring.cursor_count(),
+                published: topic.ring.tail(),
+                capacity: topic.ring.capacity(),
+            })
+            .collect()
+    }
+
+    /// Ticks the clock now (streams see a tick at once). Used by the test hook that drops
+    /// every stream.
+    pub(crate) fn tick_now(&self) {
+        self.inner.clock.publish(());
     }
 
     pub(crate) fn clock_tick(&self) -> u64 {

@@ -11,7 +11,8 @@
 //! - [`publish`]: publish bodies (form, JSON, NDJSON); [`metrics`]: Prometheus metrics.
 //! - [`security`]: TLS, CORS and limits settings; [`auth`]: JWT topic authorization;
 //!   [`limits`]: per-IP and publish rate limits.
-//! - [`config`]: command-line options; [`demo`]: the `--demo` producer.
+//! - [`config`]: command-line options; [`demo`]: the `--demo` producer; [`stats`]: the
+//!   `$sys/stats` topic the dashboard (`GET /`) reads.
 //! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
 //! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg loom`.
 //!
@@ -56,3 +57,5 @@ pub mod publish;
 pub mod security;
 #[cfg(not(loom))]
 pub mod server;
+#[cfg(not(loom))]
+pub mod stats;

@@ -25,12 +25,21 @@ pub enum DisconnectReason {
     Error,
     /// The client's token expired.
     TokenExpired,
+    /// Dropped by the test hook (`--test-hooks`).
+    TestHook,
 }
 
 impl DisconnectReason {
     /// Every reason, for pre-registering label values so they show as 0.
-    pub const ALL: [Self; 6] =
-        [Self::Lapped, Self::WriteTimeout, Self::ClientClosed, Self::Shutdown, Self::Error, Self::TokenExpired];
+    pub const ALL: [Self; 7] = [
+        Self::Lapped,
+        Self::WriteTimeout,
+        Self::ClientClosed,
+        Self::Shutdown,
+        Self::Error,
+        Self::TokenExpired,
+        Self::TestHook,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -41,6 +50,7 @@ impl DisconnectReason {
             Self::Shutdown => "shutdown",
             Self::Error => "error",
             Self::TokenExpired => "token_expired",
+            Self::TestHook => "test_hook",
         }
     }
 }

@@ -10,6 +10,8 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +55,8 @@ pub(crate) struct Ctx {
     pub(crate) goodbye_lapped: Bytes,
     pub(crate) goodbye_shutdown: Bytes,
     pub(crate) goodbye_expired: Bytes,
+    /// Bumped by the test hook; a stream that sees it change at a tick drops itself.
+    pub(crate) kick: AtomicU64,
 }
 
 impl Ctx {
@@ -74,11 +78,25 @@ impl Ctx {
                 b"event: token-expired\ndata: {\"reason\":\"the access token expired; reconnect with a fresh one\"}\n\n",
             ),
             shutdown: CancellationToken::new(),
+            kick: AtomicU64::new(0),
             security,
             hub,
             config,
             metrics,
         })
+    }
+}
+
+impl Ctx {
+    /// The test hook: every stream drops itself at once (without a final comment).
+    pub(crate) fn kick_all(&self) {
+        self.kick.fetch_add(1, Relaxed); // Relaxed: the clock tick below carries the news
+        self.hub.tick_now();
+    }
+
+    /// The current kick generation (see `kick_all`).
+    pub(crate) fn kicks(&self) -> u64 {
+        self.kick.load(Relaxed) // Relaxed: a stream acts on it at the next tick at the latest
     }
 }
 
@@ -283,6 +301,8 @@ pub async fn run(
     if ctx.security.auth.is_open() {
         tracing::info!("no JWT key configured: anyone may subscribe and publish (see --jwt-secret)");
     }
+    let anonymous_publish = ctx.security.auth.is_open() || ctx.security.auth.config().anonymous_publish;
+    ctx.hub.spawn_producer("stats", move |hub| crate::stats::produce(hub, anonymous_publish));
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     let mut fd_backoff = Duration::from_millis(10);

@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
     let fd_limit = rlimit::increase_nofile_limit(u64::MAX).context("could not raise the open-files limit")?;
     let (hub_config, server_config) = args.configs(fd_limit)?;
     if args.jwt_secret.as_ref().is_some_and(|secret| secret.len() < 32) {
-        tracing::warn!("the JWT secret is shorter than 32 bytes: use at least 32 random bytes (e.g. openssl rand -hex 32)");
+        tracing::warn!(
+            "the JWT secret is shorter than 32 bytes: use at least 32 random bytes (e.g. openssl rand -hex 32)"
+        );
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {

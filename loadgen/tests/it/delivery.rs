@@ -1,0 +1,95 @@
+//! Every client gets every event, in order, once; the report's numbers add up.
+
+use std::time::Duration;
+
+use loadgen::{Config, PublishFormat};
+
+use crate::support::start_server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_get_every_event_once_in_order() {
+    let server = start_server(1024, Duration::from_secs(15), Duration::from_secs(10)).await;
+    let config = Config {
+        url: server.url(),
+        clients: 50,
+        source_addrs: 4,
+        topics: 1,
+        rate: 200.0,
+        size: 128,
+        warmup: 0.3,
+        duration: 1.7,
+        drain: 3.0,
+        threads: 2,
+        ..Config::default()
+    };
+    let report = loadgen::run(config).await.unwrap();
+    let table = report.table();
+    println!("{table}");
+    assert!(report.ok, "{table}");
+    assert_eq!(report.connect.connected, 50, "{table}");
+    assert_eq!(report.connect.source_addrs, 4);
+    assert!(report.connect.p50_ms > 0.0 && report.connect.p50_ms <= report.connect.p99_ms);
+
+    let events = report.publish.events_acked;
+    assert!(events >= 300, "about 200/s for 2 s should publish 400 events, got {events}\n{table}");
+    assert_eq!((report.publish.events_failed, report.publish.events_unknown), (0, 0), "{table}");
+    assert_eq!(report.publish.per_topic, [events], "per-topic sequence numbers count the acknowledged events");
+
+    let normal = &report.normal;
+    assert_eq!((normal.gap_events, normal.duplicates, normal.misrouted, normal.foreign), (0, 0, 0, 0));
+    assert_eq!(normal.received, events * 50, "deliveries == events x clients\n{table}");
+    assert_eq!(normal.expected, events * 50);
+    assert_eq!(normal.missing_at_end, 0);
+    assert_eq!(normal.open_at_end, 50, "nobody was disconnected");
+    assert_eq!(report.delivery.deliveries_total, events * 50);
+
+    // Latency: one sample per delivery of an event sent inside the window.
+    assert!(report.latency.count > 0, "{table}");
+    assert_eq!(report.latency.count, report.delivery.deliveries_in_window);
+    assert_eq!(report.delivery.deliveries_in_window, report.publish.events_acked_in_window * 50);
+    let l = report.latency;
+    assert!(0.0 < l.min_us && l.min_us <= l.p50_us && l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{l:?}");
+    assert!(l.p50_us < 1_000_000.0, "median latency on loopback is far below a second: {l:?}");
+
+    // The .hgrm text and the JSON summary carry the same numbers.
+    let mut hgrm = Vec::new();
+    loadgen::report::write_hgrm(&report.histogram, &mut hgrm).unwrap();
+    let hgrm = String::from_utf8(hgrm).unwrap();
+    assert!(hgrm.contains(&format!("Total count    = {:>12}", report.latency.count)), "{hgrm}");
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["normal"]["received"], events * 50);
+    assert_eq!(json["args"]["clients"], 50);
+    assert_eq!(json["ok"], true);
+    assert!(json["cpu"]["percent_of_one_core"].as_f64().unwrap() > 0.0, "the loadgen's own CPU is measured");
+    assert!(json["latency"]["p999_us"].as_f64().unwrap() >= json["latency"]["p99_us"].as_f64().unwrap());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_spread_clients_and_json_publishing_keeps_order() {
+    let server = start_server(1024, Duration::from_secs(15), Duration::from_secs(10)).await;
+    let config = Config {
+        url: server.url(),
+        clients: 12,
+        topics: 3,
+        publish_connections: 2,
+        publish_format: PublishFormat::RingcastJson,
+        rate: 150.0,
+        size: 64,
+        warmup: 0.2,
+        duration: 1.0,
+        ..Config::default()
+    };
+    let report = loadgen::run(config).await.unwrap();
+    let table = report.table();
+    assert!(report.ok, "{table}");
+    let per_topic = &report.publish.per_topic;
+    assert_eq!(per_topic.len(), 3);
+    assert!(per_topic.iter().all(|&n| n > 20), "every topic got events: {per_topic:?}\n{table}");
+    assert_eq!(per_topic.iter().sum::<u64>(), report.publish.events_acked);
+    // Four clients per topic, each with every event of its own topic only.
+    assert_eq!(report.normal.received, 4 * report.publish.events_acked, "{table}");
+    assert_eq!(report.normal.misrouted, 0);
+    assert_eq!(report.publish.requests, report.publish.events_acked, "ringcast-json: one request per event");
+    server.stop().await;
+}
