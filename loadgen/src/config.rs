@@ -406,7 +406,7 @@ mod tests {
         let request = String::from_utf8(plan.topics[1].subscribe_request.clone()).unwrap();
         assert!(request.starts_with("GET /api/events?topic=a%20b1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"), "{request}");
         assert_eq!(plan.topics[1].json, "\"a b1\"");
-        assert_eq!(plan.sources.len(), 8);
+        assert_eq!(plan.sources.len(), 16);
         assert_eq!((0..20).filter(|&i| plan.is_slow(i)).count(), 5);
         let bad = Config { url: "http://127.0.0.1:9".into(), topics: 2, subscribe_path: "/events".into(), ..config };
         assert!(Plan::new(&bad).unwrap_err().to_string().contains("{topic}"));
