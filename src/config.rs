@@ -171,6 +171,28 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_TEST_HOOKS", hide = true)]
     pub test_hooks: bool,
 
+    /// Cluster mode: publish to and consume from this Redis (`redis://host:port`); every
+    /// node pointed at the same Redis and stream serves the same events with the same ids.
+    #[arg(long, env = "RINGCAST_REDIS")]
+    pub redis: Option<String>,
+
+    /// Key of the Redis stream that holds the events (cluster mode).
+    #[arg(long, env = "RINGCAST_REDIS_STREAM", default_value = "ringcast:events")]
+    pub redis_stream: String,
+
+    /// Approximate number of events the Redis stream keeps (how far back any node can
+    /// resume a client; bounds Redis memory).
+    #[arg(long, env = "RINGCAST_REDIS_MAXLEN", default_value_t = 100_000)]
+    pub redis_maxlen: u64,
+
+    /// Most events a resume may fetch from Redis (beyond: the reset event).
+    #[arg(long, env = "RINGCAST_REDIS_BACKLOG", default_value_t = 10_000)]
+    pub redis_backlog: usize,
+
+    /// Seconds allowed for one Redis command; a publish that takes longer gets 503.
+    #[arg(long, env = "RINGCAST_REDIS_TIMEOUT", default_value_t = 1.0, value_parser = positive_seconds)]
+    pub redis_timeout: f64,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -210,6 +232,8 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     /// Whether the test hooks are on (see `--test-hooks`).
     pub test_hooks: bool,
+    /// Cluster mode: the node's link to the Redis log (its hub must be `Mode::Fed`).
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Default for ServerConfig {
@@ -227,6 +251,7 @@ impl Default for ServerConfig {
             backlog: 16384,
             security: SecurityConfig::default(),
             test_hooks: false,
+            cluster: None,
         }
     }
 }
@@ -253,6 +278,19 @@ fn rate(per_second: f64, burst: f64) -> Rate {
 }
 
 impl Args {
+    /// The cluster settings, if `--redis` is set.
+    pub fn cluster_config(&self) -> Option<crate::cluster::ClusterConfig> {
+        let url = self.redis.clone()?;
+        Some(crate::cluster::ClusterConfig {
+            url,
+            stream: self.redis_stream.clone(),
+            maxlen: self.redis_maxlen,
+            backlog_events: self.redis_backlog,
+            timeout: Duration::from_secs_f64(self.redis_timeout),
+            ..crate::cluster::ClusterConfig::default()
+        })
+    }
+
     /// Splits the options into hub and server settings; `fd_limit` is the open-files limit.
     pub fn configs(&self, fd_limit: u64) -> Result<(HubConfig, ServerConfig), ConfigError> {
         let key = match (&self.jwt_secret, &self.jwt_public_key) {
@@ -293,6 +331,7 @@ impl Args {
             backlog: self.backlog,
             security,
             test_hooks: self.test_hooks,
+            cluster: None,
         };
         let hub = HubConfig {
             ring_capacity: self.ring_capacity as usize,

@@ -198,37 +198,46 @@ fn cors_headers(grant: Option<&crate::security::CorsGrant>) -> Vec<(&'static str
 }
 
 async fn stream_events(tcp: TcpStream, request: EventsRequest, ctx: Arc<Ctx>) {
-    let mut stream = match prepare_stream(tcp, &request, &ctx) {
-        Ok(stream) => stream,
-        Err((tcp, response)) => return respond_and_close(tcp, response).await,
-    };
-    drop(request);
+    // Boxed: the set-up state (request, subscription, a possible wait on the cluster log)
+    // is freed before streaming, instead of staying reserved in every stream's future.
+    let Some(mut stream) = Box::pin(set_up(tcp, request, &ctx)).await else { return };
     let _guard = crate::server::StreamGuard::new(&ctx.metrics);
     let reason = (&mut stream).await;
     let stats = stream.finish(reason);
     tracing::debug!(?reason, frames = stats.frames, "stream closed");
 }
 
-/// Authorizes and subscribes, and builds the stream with its opening bytes (response head,
-/// CORS headers, the opening comment, a reset event if any), or the refusal to send. A plain
-/// function, so its temporaries stay out of the stream's future.
-fn prepare_stream(
-    tcp: TcpStream,
-    request: &EventsRequest,
-    ctx: &Arc<Ctx>,
-) -> Result<Box<SseStream>, (TcpStream, Vec<u8>)> {
+/// Authorizes and subscribes (answering a refusal itself), fills a cluster resume gap,
+/// and builds the stream.
+async fn set_up(tcp: TcpStream, request: EventsRequest, ctx: &Arc<Ctx>) -> Option<Box<SseStream>> {
     let cors = cors_headers(request.cors(ctx).as_ref());
     let mut sub = match request.subscribe(ctx) {
         Ok(sub) => sub,
         Err(Refusal { status, reason, message, mut headers }) => {
             headers.extend(cors);
             let extra: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
-            return Err((tcp, plain_response(status, reason, &message, &extra)));
+            respond_and_close(tcp, plain_response(status, reason, &message, &extra)).await;
+            return None;
         }
     };
-    let mut opening = BytesMut::with_capacity(STREAM_HEAD.len() + ctx.opening.len() + 256);
+    let backlog = request.fill_gap(ctx, &mut sub).await;
+    Some(prepare_stream(tcp, sub, &cors, &backlog, ctx))
+}
+
+/// Builds the stream with its opening bytes: response head, CORS headers, the opening
+/// comment, a reset event if any, and events fetched from the cluster log if any. A plain
+/// function, so its temporaries stay out of the stream's future.
+fn prepare_stream(
+    tcp: TcpStream,
+    mut sub: Subscription,
+    cors: &[(&'static str, String)],
+    backlog: &[Bytes],
+    ctx: &Arc<Ctx>,
+) -> Box<SseStream> {
+    let backlog_len: usize = backlog.iter().map(Bytes::len).sum();
+    let mut opening = BytesMut::with_capacity(STREAM_HEAD.len() + ctx.opening.len() + 256 + backlog_len);
     opening.put_slice(STREAM_HEAD);
-    for (name, value) in &cors {
+    for (name, value) in cors {
         opening.put_slice(name.as_bytes());
         opening.put_slice(b": ");
         opening.put_slice(value.as_bytes());
@@ -239,8 +248,11 @@ fn prepare_stream(
     if let Some(reset) = sub.take_reset_frame() {
         opening.put_slice(&reset);
     }
+    for frame in backlog {
+        opening.put_slice(frame);
+    }
     let tick = sub.tick();
-    Ok(Box::new(SseStream {
+    Box::new(SseStream {
         tcp,
         sub,
         ctx: Arc::clone(ctx),
@@ -254,7 +266,7 @@ fn prepare_stream(
         junk: 0,
         kicks: ctx.kicks(),
         stats: Stats::default(),
-    }))
+    })
 }
 
 /// Per-stream counters, added to the shared metrics once per tick and at the end.

@@ -1,12 +1,43 @@
 //! The `--demo` producer: a simulated price feed on topic `demo`, at a rate that drifts
 //! between about 1 and 9 events per second, so a newcomer sees events at once.
 
+use std::future::Future;
 use std::time::Duration;
 
 use crate::hub::{Hub, Publish};
 
 /// Publishes to `demo` until the hub shuts down (run it under [`Hub::spawn_producer`]).
 pub async fn produce(hub: Hub) -> anyhow::Result<()> {
+    run(|data| {
+        let result = hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data, retry: None });
+        async move { result.map(drop).map_err(anyhow::Error::from) }
+    })
+    .await
+}
+
+/// Like [`produce`], through the cluster log (cluster mode: every node serves the demo).
+pub async fn produce_to(cluster: std::sync::Arc<crate::cluster::Cluster>) -> anyhow::Result<()> {
+    run(|data| {
+        let cluster = std::sync::Arc::clone(&cluster);
+        async move {
+            let event = crate::publish::OwnedPublish {
+                topics: vec!["demo".into()],
+                event: Some("tick".into()),
+                data,
+                retry: None,
+            };
+            cluster.publish(std::slice::from_ref(&event)).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn run<F, Fut>(mut publish: F) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let start = tokio::time::Instant::now();
     let mut state: u64 = 0x2545_F491_4F6C_DD1D;
     let mut price: i64 = 10_000; // cents
@@ -20,7 +51,7 @@ pub async fn produce(hub: Hub) -> anyhow::Result<()> {
         state ^= state << 17;
         price = (price + i64::try_from(state % 201).unwrap_or(100) - 100).max(1);
         let data = serde_json::json!({ "n": n, "price": format!("{}.{:02}", price / 100, price % 100), "rate": (rate * 10.0).round() / 10.0 });
-        hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data.to_string(), retry: None })?;
+        publish(data.to_string()).await?;
     }
     Ok(())
 }

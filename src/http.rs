@@ -187,7 +187,7 @@ async fn route(
     let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let cors = ctx.security.cors.grant(origin.as_deref());
     let mut response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/events") => events(ctx, state, &request),
+        (&Method::GET, "/events") => events(ctx, state, &request).await,
         (&Method::POST, "/publish") => publish(ctx, ip, request).await,
         (&Method::OPTIONS, "/publish" | "/events") => preflight(cors.is_some()),
         (&Method::GET, "/health") => health(ctx),
@@ -271,12 +271,20 @@ fn dashboard() -> Response<Body> {
 /// The dashboard page (see `src/dashboard.html`).
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// `/health`: `ok`; `degraded` (still 200: streams are served from the rings) when the
+/// cluster log is unreachable, so publishing fails; `shutting-down` (503).
 fn health(ctx: &Ctx) -> Response<Body> {
-    let status = if ctx.hub.is_shut_down() { "shutting-down" } else { "ok" };
+    let redis = ctx.config.cluster.as_ref().map(|cluster| if cluster.is_healthy() { "ok" } else { "unreachable" });
+    let status = match (ctx.hub.is_shut_down(), redis) {
+        (true, _) => "shutting-down",
+        (false, Some("unreachable")) => "degraded",
+        _ => "ok",
+    };
     json(
         if ctx.hub.is_shut_down() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK },
         &serde_json::json!({
             "status": status,
+            "redis": redis,
             "epoch": ctx.hub.epoch(),
             "last_event_id": ctx.hub.last_event_id().to_string(),
             "streams": ctx.metrics.streams.get(),
@@ -285,7 +293,7 @@ fn health(ctx: &Ctx) -> Response<Body> {
     )
 }
 
-fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Request<Incoming>) -> Response<Body> {
+async fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Request<Incoming>) -> Response<Body> {
     let header = |name: header::HeaderName| {
         request
             .headers()
@@ -306,9 +314,13 @@ fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Request<Inco
         Ok(sub) => sub,
         Err(refusal) => return refusal_response(refusal),
     };
+    let backlog = events_request.fill_gap(ctx, &mut sub).await;
     let mut first = bytes::BytesMut::from(&ctx.opening[..]);
     if let Some(reset) = sub.take_reset_frame() {
         first.extend_from_slice(&reset);
+    }
+    for frame in &backlog {
+        first.extend_from_slice(frame);
     }
     let tick = sub.tick();
     let body = SseBody {
@@ -491,10 +503,10 @@ async fn publish(ctx: &Ctx, ip: IpAddr, request: Request<Incoming>) -> Response<
         }
         return response;
     }
-    let mut topics = Vec::new();
-    let views = crate::publish::views(&events, &mut topics);
-    let result =
-        if views.len() == 1 { ctx.hub.publish(&views[0]).map(|id| vec![id]) } else { ctx.hub.publish_batch(&views) };
+    let result = match publish_events(ctx, &events).await {
+        Ok(result) => result,
+        Err(response) => return response,
+    };
     match result {
         Ok(ids) => {
             let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
@@ -506,7 +518,9 @@ async fn publish(ctx: &Ctx, ip: IpAddr, request: Request<Incoming>) -> Response<
                 PublishError::Topic { error: TopicError::Full { .. }, .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, Rejection::MaxTopics)
                 }
-                PublishError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Rejection::BadRequest),
+                PublishError::ShuttingDown | PublishError::Fed => {
+                    (StatusCode::SERVICE_UNAVAILABLE, Rejection::BadRequest)
+                }
                 PublishError::Topic { .. } | PublishError::Frame { .. } => {
                     (StatusCode::BAD_REQUEST, Rejection::BadRequest)
                 }
@@ -517,6 +531,32 @@ async fn publish(ctx: &Ctx, ip: IpAddr, request: Request<Incoming>) -> Response<
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             response
+        }
+    }
+}
+
+/// Publishes through the cluster log (cluster mode) or into the hub. `Err` is a ready
+/// response (Redis unavailable: 503 with `Retry-After`).
+async fn publish_events(
+    ctx: &Ctx,
+    events: &[crate::publish::OwnedPublish],
+) -> Result<Result<Vec<crate::hub::EventId>, PublishError>, Response<Body>> {
+    let Some(cluster) = &ctx.config.cluster else {
+        let mut topics = Vec::new();
+        let views = crate::publish::views(events, &mut topics);
+        return Ok(if views.len() == 1 {
+            ctx.hub.publish(&views[0]).map(|id| vec![id])
+        } else {
+            ctx.hub.publish_batch(&views)
+        });
+    };
+    match cluster.publish(events).await {
+        Ok(ids) => Ok(Ok(ids)),
+        Err(crate::cluster::ClusterError::Invalid(error)) => Ok(Err(error)),
+        Err(error) => {
+            let mut response = error_json(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(response)
         }
     }
 }

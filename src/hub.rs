@@ -42,6 +42,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub use self::subscription::{Next, Subscription};
+
+/// The largest order key of a fed hub's `MS-SEQ` id whose `SEQ` fits (for tests and tools).
+pub const FED_SEQ_LIMIT: u64 = 1 << FED_SEQ_BITS;
 use crate::frame::{Event, FrameError};
 use crate::metrics::Metrics;
 use crate::ring::{Lookup, Ring};
@@ -90,6 +93,19 @@ impl FromStr for EventId {
         Ok(Self { epoch: number(epoch)?, seq: number(seq)? })
     }
 }
+
+/// Where a hub's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Published here ([`Hub::publish`]); ids are `EPOCH-SEQ` with this hub's epoch.
+    Standalone,
+    /// Fed by a cluster log (Redis Streams, see `cluster`) through [`Hub::ingest`]; ids are
+    /// the log's `MS-SEQ` ids, the same on every node. [`Hub::publish`] is refused.
+    Fed,
+}
+
+/// Bits of a fed hub's order key that hold the `SEQ` part of an `MS-SEQ` id.
+const FED_SEQ_BITS: u32 = 20;
 
 /// Limits and sizes of a hub. Every field is a resource bound.
 #[derive(Debug, Clone)]
@@ -184,6 +200,9 @@ pub enum PublishError {
         /// Which entry of the batch, if a batch.
         index: Option<usize>,
     },
+    /// This hub is fed by a cluster log; publish through the cluster instead.
+    #[error("this hub is fed by the cluster log; publish through it (POST /publish, or cluster::Cluster::publish)")]
+    Fed,
     /// An entry's frame is larger than the limit.
     #[error("{}the event is {size} bytes encoded; the limit is {max}", entry_prefix(*index))]
     TooLarge {
@@ -236,6 +255,8 @@ pub enum ResetReason {
     Restarted,
     /// The id is malformed, or from the future, or from another server.
     Unknown,
+    /// The cluster log lost its history (Redis restarted empty): resync everything.
+    Lost,
 }
 
 impl ResetReason {
@@ -245,6 +266,7 @@ impl ResetReason {
             Self::TooOld => "too-old",
             Self::Restarted => "restarted",
             Self::Unknown => "unknown",
+            Self::Lost => "lost",
         }
     }
 }
@@ -258,6 +280,17 @@ pub enum Start {
     Resumed,
     /// After a `reset` event, from the next event.
     Reset(ResetReason),
+}
+
+/// Events a fed subscription must fetch from the cluster log before its live stream: those
+/// after `after` up to and including `through` (the head when it subscribed; its cursors
+/// start right after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The client's last event (order key).
+    pub after: u64,
+    /// The last event the log must supply (order key).
+    pub through: u64,
 }
 
 /// One topic in [`Hub::topic_stats`].
@@ -291,13 +324,15 @@ const DROPPED_BUCKETS: usize = 1024;
 
 struct Inner {
     config: HubConfig,
+    mode: Mode,
     epoch: u64,
     /// Topic name -> topic. Read-locked by publishers and subscribers while they use a topic,
     /// write-locked to create or drop one.
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
-    /// The last assigned event seq. Holding this lock is what orders publishes.
+    /// The last assigned order key (the event seq of a standalone hub, the packed log id of a
+    /// fed one). Holding this lock is what orders publishes.
     sequencer: Mutex<u64>,
-    /// The last event seq whose frames are in all its rings. Written under the sequencer
+    /// The last order key whose frames are in all its rings. Written under the sequencer
     /// lock (Release), read by multi-topic subscriptions (Acquire) as their merge horizon.
     published: AtomicU64,
     /// `dropped[hash(name) % N]` is the largest seq ever published to a dropped topic whose
@@ -331,8 +366,14 @@ impl fmt::Debug for Hub {
 pub struct NoRuntime;
 
 impl Hub {
-    /// Makes a hub and spawns its clock and topic sweeper on the current tokio runtime.
+    /// Makes a standalone hub and spawns its clock and topic sweeper on the current tokio
+    /// runtime.
     pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Result<Self, NoRuntime> {
+        Self::with_mode(config, metrics, Mode::Standalone)
+    }
+
+    /// Makes a hub of `mode` (see [`Mode`]).
+    pub fn with_mode(config: HubConfig, metrics: Arc<Metrics>, mode: Mode) -> Result<Self, NoRuntime> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -341,6 +382,7 @@ impl Hub {
         runtime.spawn(clock_dispatcher);
         let hub = Self {
             inner: Arc::new(Inner {
+                mode,
                 epoch,
                 topics: RwLock::new(HashMap::new()),
                 sequencer: Mutex::new(0),
@@ -373,9 +415,32 @@ impl Hub {
         &self.inner.metrics
     }
 
+    /// Where this hub's events come from.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+
     /// The id of the last published event (`seq` 0 before the first).
     pub fn last_event_id(&self) -> EventId {
-        EventId { epoch: self.inner.epoch, seq: self.inner.published.load(Acquire) }
+        self.id_of(self.inner.published.load(Acquire))
+    }
+
+    /// The event id of an order key.
+    pub fn id_of(&self, key: u64) -> EventId {
+        match self.inner.mode {
+            Mode::Standalone => EventId { epoch: self.inner.epoch, seq: key },
+            Mode::Fed => EventId { epoch: key >> FED_SEQ_BITS, seq: key & ((1 << FED_SEQ_BITS) - 1) },
+        }
+    }
+
+    /// The order key of an event id, if the id can belong to this hub (right epoch; for a
+    /// fed hub, a log id whose parts fit the key).
+    pub fn key_of(&self, id: EventId) -> Option<u64> {
+        match self.inner.mode {
+            Mode::Standalone => (id.epoch == self.inner.epoch).then_some(id.seq),
+            Mode::Fed => (id.seq < 1 << FED_SEQ_BITS && id.epoch < 1 << (64 - FED_SEQ_BITS))
+                .then_some(id.epoch << FED_SEQ_BITS | id.seq),
+        }
     }
 
     /// Number of topics that exist now.
@@ -409,18 +474,11 @@ impl Hub {
         if self.is_shut_down() {
             return Err(PublishError::ShuttingDown);
         }
-        let inner = &*self.inner;
-        let max = inner.config.max_event_bytes;
-        for (i, entry) in batch.iter().enumerate() {
-            let index = numbered.then_some(i);
-            self.check_topics(entry.topics).map_err(|error| PublishError::Topic { error, index })?;
-            let event = Event { id: Some("18446744073709551615-18446744073709551615"), ..entry.as_event() };
-            event.validate().map_err(|error| PublishError::Frame { error, index })?;
-            let size = event.encoded_len();
-            if size > max {
-                return Err(PublishError::TooLarge { size, max, index });
-            }
+        if self.inner.mode == Mode::Fed {
+            return Err(PublishError::Fed);
         }
+        self.validate(batch, numbered)?;
+        let inner = &*self.inner;
         // Every distinct topic of the batch, resolved once; `slot` maps a name to its place.
         let mut unique: Vec<&str> = Vec::new();
         let mut slot: HashMap<&str, usize> = HashMap::new();
@@ -438,7 +496,7 @@ impl Hub {
         let mut sequencer = inner.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
         for entry in batch {
             let seq = *sequencer + 1;
-            let id = EventId { epoch: inner.epoch, seq };
+            let id = self.id_of(seq);
             id_text.clear();
             fmt::Write::write_fmt(&mut id_text, format_args!("{id}")).ok();
             let event = Event { id: Some(&id_text), ..entry.as_event() };
@@ -470,6 +528,107 @@ impl Hub {
         Ok(ids)
     }
 
+    /// Checks a batch as a publish would (topics, fields, size), publishing nothing.
+    pub fn validate(&self, batch: &[Publish<'_>], numbered: bool) -> Result<(), PublishError> {
+        let max = self.inner.config.max_event_bytes;
+        for (i, entry) in batch.iter().enumerate() {
+            let index = numbered.then_some(i);
+            self.check_topics(entry.topics).map_err(|error| PublishError::Topic { error, index })?;
+            let event = Event { id: Some("18446744073709551615-18446744073709551615"), ..entry.as_event() };
+            event.validate().map_err(|error| PublishError::Frame { error, index })?;
+            let size = event.encoded_len();
+            if size > max {
+                return Err(PublishError::TooLarge { size, max, index });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes events from the cluster log into the rings (a fed hub's only way in). Entries
+    /// must come in log order; one whose key is not above the last one (already seen, or an
+    /// id the log reused) is skipped, and so is an invalid one (logged). Returns how many
+    /// were written.
+    pub fn ingest(&self, batch: &[(u64, Publish<'_>)]) -> usize {
+        let inner = &*self.inner;
+        let mut written = 0;
+        for (key, entry) in batch {
+            if let Err(error) = self.validate(std::slice::from_ref(entry), false) {
+                tracing::warn!(id = %self.id_of(*key), %error, "skipping an invalid event from the cluster log");
+                continue;
+            }
+            let topics = match self.topics_for(entry.topics) {
+                Ok(topics) => topics,
+                Err(error) => {
+                    tracing::warn!(id = %self.id_of(*key), %error, "skipping an event: its topics cannot be created");
+                    continue;
+                }
+            };
+            let clock = inner.clock.tail();
+            let mut sequencer = inner.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
+            if *key <= *sequencer {
+                tracing::debug!(id = %self.id_of(*key), "skipping an event at or before the last one");
+                continue;
+            }
+            let id_text = self.id_of(*key).to_string();
+            let event = Event { id: Some(&id_text), ..entry.as_event() };
+            let Ok(bytes) = event.encode() else { continue };
+            let mut targets: Vec<&Arc<Topic>> = Vec::with_capacity(topics.topics.len());
+            for topic in &topics.topics {
+                if !targets.iter().any(|seen| Arc::ptr_eq(seen, topic)) {
+                    targets.push(topic);
+                }
+            }
+            for topic in targets {
+                topic.ring.publish(Frame { seq: *key, bytes: bytes.clone() });
+                // Relaxed: read under the sequencer lock or the topic map's write lock.
+                topic.last_seq.store(*key, Relaxed);
+                topic.last_active.store(clock, Relaxed);
+            }
+            *sequencer = *key;
+            // Release: pairs with the Acquire load of multi-topic subscriptions' horizon.
+            inner.published.store(*key, Release);
+            written += 1;
+        }
+        inner.metrics.events_published.inc_by(written as u64);
+        written
+    }
+
+    /// The frame a fed hub writes for the log entry `key` (for events fetched from the log to
+    /// fill a resume gap: byte for byte what the rings would hold).
+    pub(crate) fn encode_entry(&self, key: u64, entry: &Publish<'_>) -> Option<Bytes> {
+        let id_text = self.id_of(key).to_string();
+        Event { id: Some(&id_text), ..entry.as_event() }.encode().ok()
+    }
+
+    /// Starts a fed hub at `key` (the log's position when this node joined): events at or
+    /// before it are only in the log, not in the rings.
+    pub fn start_at(&self, key: u64) {
+        let mut sequencer = self.inner.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
+        if key > *sequencer {
+            *sequencer = key;
+            // Release: as in `ingest`.
+            self.inner.published.store(key, Release);
+        }
+    }
+
+    /// The cluster log lost its history: every topic gets a `reset` event (reason `lost`) at
+    /// the next key, so subscribers resync. Returns that key.
+    pub fn reset_all(&self) -> u64 {
+        let inner = &*self.inner;
+        let map = self.read_topics();
+        let mut sequencer = inner.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = *sequencer + 1;
+        let frame = self.reset_frame(ResetReason::Lost, key, "");
+        for topic in map.values() {
+            topic.ring.publish(Frame { seq: key, bytes: frame.clone() });
+            topic.last_seq.store(key, Relaxed); // Relaxed: under the sequencer lock
+        }
+        *sequencer = key;
+        // Release: as in `ingest`.
+        inner.published.store(key, Release);
+        key
+    }
+
     /// Validates a topic list: count and each name.
     pub fn check_topics(&self, names: &[&str]) -> Result<(), TopicError> {
         let config = &self.inner.config;
@@ -497,21 +656,39 @@ impl Hub {
         let topics = self.topics_for(&unique)?;
         let inner = &*self.inner;
         let head = inner.published.load(Acquire);
-        let wanted = last_event_id.map(|text| match text.trim().parse::<EventId>() {
-            Ok(id) if id.epoch == inner.epoch && id.seq <= head => Ok(id.seq),
-            Ok(id) if id.epoch < inner.epoch => Err(ResetReason::Restarted),
-            _ => Err(ResetReason::Unknown),
+        let fed = inner.mode == Mode::Fed;
+        let wanted = last_event_id.map(|text| {
+            let id = text.trim().parse::<EventId>().map_err(|_| ResetReason::Unknown)?;
+            match self.key_of(id) {
+                Some(key) if key <= head || fed => Ok(key),
+                None if !fed && id.epoch < inner.epoch => Err(ResetReason::Restarted),
+                _ => Err(ResetReason::Unknown),
+            }
         });
+        let mut gap = None;
+        let mut skip_through = None;
         let exact = match wanted {
+            Some(Ok(after)) if after > head => {
+                // A fed node behind the client (it saw the event on a faster node): start at
+                // the head and skip what the client already has as it arrives.
+                skip_through = Some(after);
+                None
+            }
             Some(Ok(after)) => {
                 let positions: Vec<(u64, bool)> = topics.topics.iter().map(|t| self.seek_after(t, after)).collect();
-                positions.iter().all(|&(_, exact)| exact).then_some(positions)
+                let exact = positions.iter().all(|&(_, exact)| exact);
+                if !exact && fed {
+                    // Older than the rings: the cluster log may still hold it.
+                    gap = Some(Gap { after, through: head });
+                }
+                exact.then_some(positions)
             }
             _ => None,
         };
         let (start, positions) = match (wanted, exact) {
             (None, _) => (Start::Fresh, None),
             (Some(Ok(_)), Some(positions)) => (Start::Resumed, Some(positions)),
+            (Some(Ok(_)), None) if gap.is_some() || skip_through.is_some() => (Start::Resumed, None),
             (Some(Ok(_)), None) => (Start::Reset(ResetReason::TooOld), None),
             (Some(Err(reason)), _) => (Start::Reset(reason), None),
         };
@@ -533,6 +710,8 @@ impl Hub {
         };
         match start {
             Start::Fresh => {}
+            // A fed resume that needs the log is counted once the log answered.
+            Start::Resumed if gap.is_some() => {}
             Start::Resumed => {
                 inner.metrics.resumes.exact.inc();
             }
@@ -540,13 +719,15 @@ impl Hub {
                 inner.metrics.resumes.reset.inc();
             }
         }
-        Ok(Subscription::new(self.clone(), cursors, clock, start, reset))
+        let mut subscription = Subscription::new(self.clone(), cursors, clock, start, reset);
+        subscription.set_resume_plan(gap, skip_through);
+        Ok(subscription)
     }
 
     /// The `reset` frame: `id` is the current head (so a later reconnect resumes from here).
-    fn reset_frame(&self, reason: ResetReason, head: u64, given: &str) -> Bytes {
+    pub(crate) fn reset_frame(&self, reason: ResetReason, head: u64, given: &str) -> Bytes {
         let data = serde_json::json!({ "reason": reason.as_str(), "lastEventId": given }).to_string();
-        let id = EventId { epoch: self.inner.epoch, seq: head }.to_string();
+        let id = self.id_of(head).to_string();
         let event = Event { id: Some(&id), event: Some("reset"), data: &data, ..Event::default() };
         event.encode().unwrap_or_else(|_| {
             // Unreachable: the id is digits and '-', the event name is fixed. Degrade safely.

@@ -5,6 +5,7 @@
 //! - [`frame`]: an event encoded once into the exact SSE bytes every subscriber receives.
 //! - [`ring`]: the lock-free ring of frames (publish, cursors, lapping, waking).
 //! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
+//! - [`cluster`]: scale-out on Redis Streams (a node's consumer loop and cluster publishing).
 //! - [`server`]: listener, accept loop, limits, graceful shutdown; `conn` (the HTTP/1.1 stream
 //!   fast path) and [`http`] (hyper: publish, health, metrics, HTTP/2; an embeddable
 //!   [`http::Service`]) serve each connection.
@@ -37,6 +38,8 @@ mod sync;
 
 #[cfg(not(loom))]
 pub mod auth;
+#[cfg(not(loom))]
+pub mod cluster;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]

@@ -57,6 +57,9 @@ pub enum SecurityError {
     /// The JWT key.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// No tokio runtime to run the node-local hub on.
+    #[error("the server must run inside a tokio runtime")]
+    Runtime,
     /// A TLS file.
     #[error("TLS: {what} {path}: {reason}")]
     Tls {

@@ -40,6 +40,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) hub: Hub,
+    /// Node-local topics (`$sys/`): the main hub itself, unless it is fed by the cluster log.
+    pub(crate) local: Hub,
     pub(crate) config: ServerConfig,
     pub(crate) security: Security,
     pub(crate) metrics: Arc<Metrics>,
@@ -64,7 +66,13 @@ impl Ctx {
         let tick = hub.config().tick;
         let metrics = Arc::clone(hub.metrics());
         let security = Security::new(&config.security)?;
+        let local = if hub.mode() == crate::hub::Mode::Fed {
+            Hub::new(hub.config().clone(), Arc::clone(&metrics)).map_err(|_| SecurityError::Runtime)?
+        } else {
+            hub.clone()
+        };
         Ok(Self {
+            local,
             heartbeat_ticks: ticks(config.heartbeat, tick),
             write_timeout_ticks: ticks(config.write_timeout, tick),
             opening: Bytes::from(format!(": ringcast stream open\nretry: {}\n\n", config.retry_ms)),
@@ -188,6 +196,35 @@ impl EventsRequest {
         Self { topics, last_event_id, access_token, headers }
     }
 
+    /// The topics asked for.
+    pub(crate) fn topics(&self) -> Vec<&str> {
+        self.topics.iter().map(String::as_str).collect()
+    }
+
+    /// The `Last-Event-ID` (header or parameter), as given.
+    pub(crate) fn last_event_id(&self) -> &str {
+        self.last_event_id.as_deref().unwrap_or("")
+    }
+
+    /// Fills a fed subscription's resume gap from the cluster log; on failure the
+    /// subscription starts with a `reset` event instead. Returns the frames to send first.
+    pub(crate) async fn fill_gap(&self, ctx: &Ctx, subscription: &mut Subscription) -> Vec<Bytes> {
+        let (Some(gap), Some(cluster)) = (subscription.take_gap(), ctx.config.cluster.as_ref()) else {
+            return Vec::new();
+        };
+        match cluster.fill_gap(gap, &self.topics()).await {
+            Ok(frames) => {
+                subscription.gap_filled();
+                frames
+            }
+            Err(error) => {
+                tracing::debug!(%error, "resume from the cluster log impossible: reset");
+                subscription.gap_failed(self.last_event_id());
+                Vec::new()
+            }
+        }
+    }
+
     /// CORS headers for this request's origin, if allowed.
     pub(crate) fn cors(&self, ctx: &Ctx) -> Option<CorsGrant> {
         ctx.security.cors.grant(self.headers.origin.as_deref())
@@ -302,7 +339,10 @@ pub async fn run(
         tracing::info!("no JWT key configured: anyone may subscribe and publish (see --jwt-secret)");
     }
     let anonymous_publish = ctx.security.auth.is_open() || ctx.security.auth.config().anonymous_publish;
-    ctx.hub.spawn_producer("stats", move |hub| crate::stats::produce(hub, anonymous_publish));
+    ctx.local.spawn_producer("stats", move |hub| crate::stats::produce(hub, anonymous_publish));
+    if ctx.hub.mode() == crate::hub::Mode::Fed && ctx.config.cluster.is_none() {
+        tracing::warn!("the hub is fed by a cluster log but no cluster is configured: nothing will be published");
+    }
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     let mut fd_backoff = Duration::from_millis(10);
@@ -361,6 +401,7 @@ pub async fn run(
     tracing::info!(connections = ctx.metrics.connections.get(), "shutting down");
     ctx.shutdown.cancel();
     ctx.hub.shutdown();
+    ctx.local.shutdown();
     tracker.close();
     if tokio::time::timeout(ctx.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use ringcast::cluster::Cluster;
 use ringcast::config::Args;
-use ringcast::hub::Hub;
+use ringcast::hub::{Hub, Mode};
 use ringcast::metrics::Metrics;
 
 #[global_allocator]
@@ -36,7 +37,15 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = ringcast::server::bind_with(args.listen, &server_config)
             .with_context(|| format!("could not listen on {}", args.listen))?;
-        let hub = Hub::new(hub_config.clone(), Arc::new(Metrics::default()))?;
+        let metrics = Arc::new(Metrics::default());
+        let cluster_config = args.cluster_config();
+        let mode = if cluster_config.is_some() { Mode::Fed } else { Mode::Standalone };
+        let hub = Hub::with_mode(hub_config.clone(), metrics, mode)?;
+        let mut server_config = server_config;
+        if let Some(cluster_config) = cluster_config {
+            tracing::info!(redis = %cluster_config.url, stream = %cluster_config.stream, "cluster mode");
+            server_config.cluster = Some(Cluster::start(cluster_config, hub.clone())?);
+        }
         tracing::info!(
             listen = %args.listen,
             open_files = fd_limit,
@@ -49,7 +58,12 @@ fn main() -> anyhow::Result<()> {
             "ringcast listening"
         );
         if args.demo {
-            hub.spawn_producer("demo", ringcast::demo::produce);
+            match server_config.cluster.clone() {
+                None => drop(hub.spawn_producer("demo", ringcast::demo::produce)),
+                Some(cluster) => {
+                    drop(hub.spawn_producer("demo", move |_| ringcast::demo::produce_to(Arc::clone(&cluster))));
+                }
+            }
         }
         ringcast::server::run(listener, hub, server_config, shutdown_signal()).await?;
         tracing::info!("stopped");

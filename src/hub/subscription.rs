@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::{Frame, Hub, Start, Topic};
+use super::{Frame, Gap, Hub, Start, Topic};
 use crate::ring::{Cursor, Entry, RecvError};
 use crate::sync::Arc;
 
@@ -38,6 +38,10 @@ pub struct Subscription {
     reset: Option<Bytes>,
     /// Clock tick at which the client's token expires.
     expires_at_tick: Option<u64>,
+    /// Events to fetch from the cluster log before the live stream.
+    gap: Option<Gap>,
+    /// Frames at or before this key are dropped (the client already has them).
+    skip_through: Option<u64>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -57,7 +61,7 @@ impl Subscription {
         start: Start,
         reset: Option<Bytes>,
     ) -> Self {
-        Self { hub, cursors, clock, start, reset, expires_at_tick: None }
+        Self { hub, cursors, clock, start, reset, expires_at_tick: None, gap: None, skip_through: None }
     }
 
     /// Ends the stream (with [`Next::Expired`]) once the wall clock passes `exp` (Unix
@@ -71,6 +75,30 @@ impl Subscription {
     /// How the subscription started (fresh, resumed, or reset).
     pub fn start(&self) -> Start {
         self.start
+    }
+
+    pub(super) fn set_resume_plan(&mut self, gap: Option<Gap>, skip_through: Option<u64>) {
+        self.gap = gap;
+        self.skip_through = skip_through;
+    }
+
+    /// Events to fetch from the cluster log (and send) before the live stream, if any.
+    pub fn take_gap(&mut self) -> Option<Gap> {
+        self.gap.take()
+    }
+
+    /// The log could not fill the gap (trimmed, or too large): the stream starts with a
+    /// `reset` event (reason `too-old`) instead.
+    pub fn gap_failed(&mut self, given: &str) {
+        let head = self.hub.published();
+        self.start = Start::Reset(super::ResetReason::TooOld);
+        self.reset = Some(self.hub.reset_frame(super::ResetReason::TooOld, head, given));
+        self.hub.metrics().resumes.reset.inc();
+    }
+
+    /// The log filled the gap: count the exact resume.
+    pub fn gap_filled(&self) {
+        self.hub.metrics().resumes.exact.inc();
     }
 
     /// The `reset` frame to send before anything else, if resume was impossible.
@@ -150,11 +178,12 @@ impl Subscription {
     fn gather(&mut self, batch: &mut Vec<Arc<Entry<Frame>>>, max: usize) -> Result<Gathered, Next> {
         debug_assert!(batch.is_empty(), "the transport sends a batch before asking for the next");
         if let [(_, cursor)] = self.cursors.as_mut_slice() {
-            return match cursor.try_recv_many(batch, max) {
-                Ok(0) => Ok(Gathered::Nothing { held_back: false }),
-                Ok(_) => Ok(Gathered::Frames),
-                Err(error) => Err(lost(error)),
+            let taken = match cursor.try_recv_many(batch, max) {
+                Ok(0) => return Ok(Gathered::Nothing { held_back: false }),
+                Ok(taken) => taken,
+                Err(error) => return Err(lost(error)),
             };
+            return Ok(self.skip_known(batch, taken));
         }
         let horizon = self.hub.published();
         let mut held_back = false;
@@ -174,7 +203,21 @@ impl Subscription {
         // several of this client's topics once.
         batch.sort_unstable_by_key(|entry| entry.value().seq);
         batch.dedup_by_key(|entry| entry.value().seq);
-        Ok(Gathered::Frames)
+        let taken = batch.len();
+        Ok(self.skip_known(batch, taken))
+    }
+
+    /// Drops frames the client already has (`skip_through`), then forgets the bound once
+    /// the stream has passed it. Costs nothing for other subscriptions.
+    fn skip_known(&mut self, batch: &mut Vec<Arc<Entry<Frame>>>, taken: usize) -> Gathered {
+        let Some(through) = self.skip_through else { return Gathered::Frames };
+        debug_assert_eq!(batch.len(), taken);
+        batch.retain(|entry| entry.value().seq > through);
+        if !batch.is_empty() {
+            self.skip_through = None;
+            return Gathered::Frames;
+        }
+        Gathered::Nothing { held_back: false }
     }
 }
 

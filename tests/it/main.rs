@@ -1,6 +1,7 @@
 //! Integration tests: the server in-process on an ephemeral port, driven over real sockets.
 //! One test binary (matklad's advice); one module per behaviour; `support` holds the harness.
 
+mod cluster;
 mod heartbeat;
 mod http2;
 mod limits;

@@ -276,3 +276,113 @@ pub(crate) async fn publish(addr: SocketAddr, topic: &str, data: &str) -> String
     assert_eq!(status, 200, "{response}");
     response["ids"][0].as_str().expect("id").to_owned()
 }
+
+/// A `redis-server` of the test's own, on a free port, with its data in a temporary folder.
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one; fails the test with instructions if `redis-server` is not installed.
+    pub(crate) fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
+        let mut server = Self { port, dir: tempfile::tempdir().expect("tempdir"), child: None };
+        server.spawn();
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    #[expect(clippy::disallowed_methods, reason = "test set-up, before the runtime has other work")]
+    fn spawn(&mut self) {
+        // appendfsync always: a write Redis acknowledged survives a kill (the outage test
+        // restarts it and expects nothing acknowledged to be lost).
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start redis-server ({error}): install it (Debian: apt-get install -y redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut reply = [0u8; 16];
+                if tcp.write_all(b"PING\r\n").is_ok()
+                    && tcp.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+                {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL, like a crash).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with its data (`keep_data`) or empty.
+    pub(crate) fn restart(&mut self, keep_data: bool) {
+        self.kill();
+        if !keep_data {
+            self.dir = tempfile::tempdir().expect("tempdir");
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster node: a fed hub linked to `redis` and served like `start` does.
+pub(crate) async fn start_node(options: Options, redis: &RedisServer) -> TestServer {
+    let mut options = options;
+    let hub = Hub::with_mode(options.hub, Arc::new(Metrics::default()), ringcast::hub::Mode::Fed).expect("runtime");
+    let cluster_config = ringcast::cluster::ClusterConfig {
+        url: redis.url(),
+        timeout: Duration::from_millis(500),
+        ..ringcast::cluster::ClusterConfig::default()
+    };
+    options.server.cluster = Some(ringcast::cluster::Cluster::start(cluster_config, hub.clone()).expect("cluster"));
+    let listener = ringcast::server::bind_with("127.0.0.1:0".parse().expect("addr"), &options.server).expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ringcast::server::run(listener, hub.clone(), options.server, async move {
+        let _ = stopped.await;
+    }));
+    let server = TestServer { addr, hub, stop: Some(stop), task };
+    server.wait_for_redis().await;
+    server
+}
+
+impl TestServer {
+    /// Waits until the node's consumer is reading the log (`/health` says redis ok).
+    pub(crate) async fn wait_for_redis(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, _, body) = request(self.addr, "GET", "/health", &[], b"").await;
+            if body.contains(r#""redis":"ok""#) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the node did not reach Redis: {body}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

@@ -1,0 +1,379 @@
+// Real-browser tests of ringcast: Debian's headless Chromium, driven by playwright-core.
+//
+//   node --test-reporter=spec run.mjs        (or: bash tests/browser/run.sh, which installs what is missing)
+//
+// RINGCAST_BIN names the server binary (default target/release/ringcast; nothing is built
+// here). Each test starts its own server(s) on free loopback ports and stops them by PID;
+// screenshots and server logs go to tests/browser/output/.
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import {
+  OUT, Server, checkPrerequisites, launchChromium, openTestPage, selfSignedCert, sleep, waitFor, watchConsole,
+} from './lib.mjs';
+
+const JWT_SECRET = 'browser-test-secret-0123456789abcdef0123456789abcdef';
+const servers = [];
+let browser;
+
+async function server(name, args, options) {
+  const started = await Server.start(name, args, options);
+  servers.push(started);
+  return started;
+}
+
+before(async () => {
+  checkPrerequisites();
+  browser = await launchChromium();
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  await Promise.all(servers.map((s) => s.stop()));
+});
+
+// A test page whose script opens `new EventSource('/events?topic=t')` and logs everything.
+function eventSourcePage(eventNames) {
+  return `<!doctype html><meta charset="utf-8"><title>EventSource test</title><script>
+  window.log = [];
+  window.lastId = '';
+  const es = new EventSource('/events?topic=t');
+  es.addEventListener('open', () => log.push({ kind: 'open', t: performance.now() }));
+  es.addEventListener('error', () => log.push({ kind: 'error', t: performance.now(), readyState: es.readyState, lastId: window.lastId }));
+  const record = (e) => { window.lastId = e.lastEventId; log.push({ kind: 'event', t: performance.now(), type: e.type, data: e.data, id: e.lastEventId }); };
+  for (const name of ['message', 'reset', ...${JSON.stringify(eventNames)}]) es.addEventListener(name, record);
+  </script>`;
+}
+
+const pageLog = (page) => page.evaluate(() => window.log);
+const eventsOf = (log) => log.filter((entry) => entry.kind === 'event');
+const count = (log, kind) => log.filter((entry) => entry.kind === kind).length;
+
+/** Checks that `received` is exactly `expected` (ids, types, data), in order, each once. */
+function assertExactlyOnce(received, expectedIds) {
+  const ids = received.map((e) => e.id);
+  const duplicates = ids.filter((id, i) => ids.indexOf(id) !== i);
+  assert.deepEqual(duplicates, [], `events delivered more than once: ${duplicates.slice(0, 10).join(', ')}`);
+  const missing = expectedIds.filter((id) => !ids.includes(id));
+  assert.deepEqual(missing, [], `events never delivered: ${missing.slice(0, 10).join(', ')}`);
+  assert.deepEqual(ids, expectedIds, 'events out of order');
+}
+
+// ---------------------------------------------------------------------------------------
+test('dashboard: loads without console errors, shows live numbers that move with traffic, tail and publish work', { timeout: 90000 }, async () => {
+  const srv = await server('dashboard');
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1100 } });
+  try {
+    const page = await context.newPage();
+    const problems = watchConsole(page);
+    const response = await page.goto(srv.base + '/', { timeout: 15000 });
+    assert.equal(response.status(), 200);
+    assert.match(response.headers()['content-security-policy'] ?? '', /default-src 'self'/, 'the dashboard is served with its CSP');
+    await page.waitForSelector('#state[data-state="live"]', { timeout: 10000 });
+    const value = (id) => page.$eval(id, (node) => Number(node.dataset.value));
+
+    // Publishing moves the numbers: events total, the topics table.
+    const eventsBefore = await value('#v-events-total');
+    const ids = await srv.publish(Array.from({ length: 25 }, (_, i) => ({ topic: 'browser/dash', data: `event ${i}` })));
+    assert.equal(ids.length, 25);
+    await waitFor('the events total to count the 25 published events', async () => (await value('#v-events-total')) >= eventsBefore + 25);
+    await waitFor('topic browser/dash in the topics table with 25 published', () =>
+      page.$eval('#topics-body', (body) => [...body.querySelectorAll('tr')].some((row) => row.dataset.topic === 'browser/dash' && row.cells[2].textContent === '25')));
+    await waitFor('the events/s chart to have a line', () => page.$eval('#chart-events polyline', (line) => (line.getAttribute('points') || '').split(' ').length >= 2));
+    assert.equal(await page.$$eval('#disconnects-body tr', (rows) => rows.length), 7, 'one row per disconnect reason');
+
+    // The tail panel: pick a topic (from the topics table), see its events arrive.
+    await page.click('#topics-body tr[data-topic="browser/dash"] button');
+    await waitFor('the tail to be watching browser/dash', () => page.$eval('#tail-status', (node) => node.textContent === 'watching browser/dash'));
+    const deliveriesBefore = await value('#v-deliveries-total');
+    await srv.publish({ topic: 'browser/dash', event: 'greeting', data: 'hello\nfrom node ✓' });
+    await waitFor('the tail to show the event', () => page.$eval('#tail-list', (list) =>
+      list.querySelector('li')?.dataset.event === 'greeting' && list.querySelector('li pre').textContent === 'hello\nfrom node ✓'));
+    await waitFor('two streams (stats + tail) in the clients card', async () => (await value('#v-streams')) >= 2);
+    await waitFor('the deliveries total to move', async () => (await value('#v-deliveries-total')) > deliveriesBefore, { timeout: 8000 });
+
+    // The publish form (anonymous publishing is on: no authorization configured).
+    assert.equal(await page.$eval('#pub-submit', (button) => button.disabled), false, 'publish form enabled');
+    assert.equal(await page.inputValue('#pub-topic'), 'browser/dash', 'the publish form follows the watched topic');
+    await page.fill('#pub-event', 'from-form');
+    await page.fill('#pub-data', 'published with the form');
+    await page.click('#pub-submit');
+    await waitFor('the form to report the new id', () => page.$eval('#pub-result', (node) => node.textContent.startsWith('published: id ')));
+    await waitFor('the tail to show the form event', () => page.$eval('#tail-list li', (item) =>
+      item.dataset.event === 'from-form' && item.querySelector('pre').textContent === 'published with the form'));
+    await sleep(1200); // one more snapshot, so the charts and tables show the traffic
+    await page.screenshot({ path: path.join(OUT, 'dashboard.png'), fullPage: true });
+    assert.deepEqual(problems, [], 'no console errors');
+
+    // A refused publish is reported in the form (the browser logs the 403 itself).
+    await page.fill('#pub-topic', '$sys/stats');
+    await page.click('#pub-submit');
+    await waitFor('the form to show the refusal of a $sys/ topic', () => page.$eval('#pub-result', (node) => /^HTTP 403: topic `\$sys\/stats` is reserved/.test(node.textContent)));
+    assert.deepEqual(problems.filter((p) => !/status of 403 \(Forbidden\).*\/publish/.test(p)), [], 'no other console errors');
+  } finally {
+    await context.close();
+  }
+});
+
+test('dashboard: respects authorization (refused without --public-topics; live but no anonymous publish with it)', { timeout: 60000 }, async () => {
+  const closed = await server('dashboard-auth', ['--jwt-secret', JWT_SECRET]);
+  const open = await server('dashboard-public', ['--jwt-secret', JWT_SECRET, '--public-topics', '$sys/*']);
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  try {
+    const page = await context.newPage();
+    await page.goto(closed.base + '/', { timeout: 15000 });
+    await page.waitForSelector('#state[data-state="refused"]', { timeout: 10000 });
+    const notice = await page.textContent('#notice');
+    assert.match(notice, /Not authorized to read \$sys\/stats \(HTTP 401/, notice);
+    assert.match(notice, /--public-topics '\$sys\/\*'/);
+    assert.equal(await page.$eval('#pub-submit', (button) => button.disabled), true);
+    await page.screenshot({ path: path.join(OUT, 'dashboard-refused.png') });
+
+    const problems = watchConsole(page);
+    await page.goto(open.base + '/', { timeout: 15000 });
+    await page.waitForSelector('#state[data-state="live"]', { timeout: 10000 });
+    await waitFor('the publish form to be disabled with an explanation', () =>
+      page.$eval('#pub-note', (node) => node.textContent.startsWith('Disabled: this server needs a token to publish')));
+    assert.equal(await page.$eval('#pub-submit', (button) => button.disabled), true);
+    // A topic that is not public: the tail says why it is refused.
+    await page.fill('#tail-topic', 'private/room');
+    await page.click('#tail-start');
+    await waitFor('the tail to report the refusal', () => page.$eval('#tail-status', (node) => /^private\/room: refused, HTTP 401/.test(node.textContent)));
+    await page.screenshot({ path: path.join(OUT, 'dashboard-public-stats.png') });
+    const unexpected = problems.filter((p) => !/status of 401/.test(p)); // the refused tail logs a 401 by design
+    assert.deepEqual(unexpected, [], 'no console errors besides the refused tail');
+  } finally {
+    await context.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+const CASES = [
+  { data: 'plain' },
+  { data: 'line one\nline two\n\nline four, after an empty line' },
+  { data: 'ends with a line break\n' },
+  { data: '\nstarts with a line break' },
+  { data: '' },
+  { data: '  two leading spaces, trailing ones  ' },
+  { data: 'Unicode: héllo wörld — ça va? 日本語テキスト 🎉 👩‍👩‍👧‍👦 مرحبا עברית e\u0301 \u2028 \u2029 tab\there' },
+  { event: 'greeting', data: 'a custom event name' },
+  { event: 'user.updated', data: '{"id":42,"name":"Zoë"}' },
+  { event: 'ünïcödé-名前', data: 'a Unicode event name' },
+  { event: 'message', data: 'an explicit `message`' },
+  { data: 'id: 999\nevent: evil\nretry: 1\n: not a comment\ndata: nested\n\n' },
+  { data: ':starts with a colon' },
+  { data: 'x'.repeat(30000) + '\n' + 'y'.repeat(30000) },
+];
+const CASE_NAMES = ['greeting', 'user.updated', 'ünïcödé-名前'];
+
+test('EventSource: multi-line, Unicode, empty data and custom event names arrive exactly as published', { timeout: 60000 }, async () => {
+  const srv = await server('eventsource-data');
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await openTestPage(page, srv.base + '/__test/eventsource', eventSourcePage(CASE_NAMES));
+    await waitFor('the EventSource to open', async () => count(await pageLog(page), 'open') === 1);
+    const expected = [];
+    for (const event of CASES) {
+      const [id] = await srv.publish({ topic: 't', ...event });
+      expected.push({ id, type: event.event || 'message', data: event.data });
+    }
+    // A JSON value as data, and an NDJSON batch (consecutive ids).
+    const [jsonId] = await srv.publish({ topic: 't', event: 'greeting', data: { nested: ['value', 1, true, null], 'ключ': 'значение' } });
+    const batch = [{ topic: 't', data: 'batch 1' }, { topic: 't', event: 'greeting', data: 'batch 2\nsecond line' }, { topic: 't', data: '' }];
+    const batchIds = await srv.publish(batch);
+    const total = expected.length + 1 + batch.length;
+    const log = await waitFor(`${total} events in the page`, async () => {
+      const entries = await pageLog(page);
+      return eventsOf(entries).length >= total && entries;
+    });
+    const received = eventsOf(log).map(({ id, type, data }) => ({ id, type, data }));
+    assert.deepEqual(received.slice(0, expected.length), expected);
+    const json = received[expected.length];
+    assert.equal(json.id, jsonId);
+    assert.equal(json.type, 'greeting');
+    assert.deepEqual(JSON.parse(json.data), { nested: ['value', 1, true, null], 'ключ': 'значение' });
+    assert.deepEqual(received.slice(expected.length + 1), batch.map((e, i) => ({ id: batchIds[i], type: e.event || 'message', data: e.data })));
+    assert.equal(received.length, total, 'nothing extra');
+    assert.equal(count(log, 'error'), 0, 'no error events');
+  } finally {
+    await context.close();
+  }
+});
+
+test('EventSource: dropped mid-stream, the browser reconnects after retry: with Last-Event-ID and gets every event exactly once, in order', { timeout: 90000 }, async () => {
+  const RETRY_MS = 1000;
+  const KICKS = 3;
+  const srv = await server('eventsource-resume', ['--test-hooks', '--retry-ms', String(RETRY_MS)]);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    // The headers Chromium really sent (CDP's ExtraInfo event: what went on the wire).
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const streamRequests = new Set();
+    const reconnectHeaders = [];
+    cdp.on('Network.requestWillBeSent', ({ requestId, request }) => { if (request.url.includes('/events?topic=t')) streamRequests.add(requestId); });
+    cdp.on('Network.requestWillBeSentExtraInfo', ({ requestId, headers }) => {
+      if (!streamRequests.has(requestId)) return;
+      const name = Object.keys(headers).find((key) => key.toLowerCase() === 'last-event-id');
+      reconnectHeaders.push(name ? headers[name] : null);
+    });
+    await openTestPage(page, srv.base + '/__test/resume', eventSourcePage([]));
+    await waitFor('the EventSource to open', async () => count(await pageLog(page), 'open') === 1);
+
+    // A publisher runs all along (bounded: at most 3000 events or 40 s) while the server
+    // drops the stream three times.
+    const published = [];
+    let stop = false;
+    const publisher = (async () => {
+      const deadline = Date.now() + 40000;
+      for (let i = 0; !stop && i < 3000 && Date.now() < deadline; i += 1) {
+        published.push(...await srv.publish({ topic: 't', data: `seq ${i}\nsecond line ${i}` }));
+        await sleep(5);
+      }
+    })();
+    try {
+      for (let kick = 1; kick <= KICKS; kick += 1) {
+        const before = eventsOf(await pageLog(page)).length;
+        await waitFor('events flowing before the drop', async () => eventsOf(await pageLog(page)).length >= before + 20);
+        await srv.kick();
+        await waitFor(`reconnection ${kick}`, async () => count(await pageLog(page), 'open') === kick + 1, { timeout: RETRY_MS + 10000 });
+      }
+      const resumedAt = eventsOf(await pageLog(page)).length;
+      await waitFor('events flowing after the last reconnection', async () => eventsOf(await pageLog(page)).length >= resumedAt + 20);
+    } finally {
+      stop = true;
+      await publisher;
+    }
+    const log = await waitFor(`all ${published.length} published events in the page`, async () => {
+      const entries = await pageLog(page);
+      return eventsOf(entries).length >= published.length && entries;
+    });
+    const received = eventsOf(log);
+    assertExactlyOnce(received, published);
+    received.forEach((event, i) => assert.equal(event.data, `seq ${i}\nsecond line ${i}`));
+
+    // Each drop: an `error` with readyState CONNECTING (the browser retries by itself), then
+    // an `open` after the retry: delay, on a request carrying Last-Event-ID = the last id seen.
+    const errors = log.filter((e) => e.kind === 'error');
+    const opens = log.filter((e) => e.kind === 'open');
+    assert.equal(errors.length, KICKS, 'one error event per drop');
+    errors.forEach((error, i) => {
+      assert.equal(error.readyState, 0, 'EventSource.CONNECTING: the browser reconnects on its own');
+      const delay = opens[i + 1].t - error.t;
+      assert.ok(delay >= RETRY_MS * 0.9 && delay < RETRY_MS + 5000, `reconnection ${i + 1} after ${delay.toFixed(0)} ms, expected about ${RETRY_MS} ms`);
+    });
+    await waitFor('the request headers of every reconnection', () => reconnectHeaders.length === KICKS + 1);
+    assert.deepEqual(reconnectHeaders, [null, ...errors.map((e) => e.lastId)], 'Last-Event-ID = the last id the page had');
+    const metrics = await srv.metrics();
+    assert.equal(metrics.ringcast_resumes_exact_total, KICKS, 'the server resumed exactly each time');
+    assert.equal(metrics.ringcast_resumes_reset_total, 0);
+    assert.equal(metrics['ringcast_disconnects_total{reason="test_hook"}'], KICKS);
+    console.log(`# ${published.length} events, ${KICKS} drops, reconnection delays ${errors.map((e, i) => (opens[i + 1].t - e.t).toFixed(0)).join(', ')} ms`);
+  } finally {
+    await context.close();
+  }
+});
+
+test('EventSource: a Last-Event-ID the ring no longer holds yields the documented reset event, then live events', { timeout: 60000 }, async () => {
+  const RETRY_MS = 1000;
+  const srv = await server('eventsource-reset', ['--test-hooks', '--retry-ms', String(RETRY_MS), '--ring-capacity', '16']);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await openTestPage(page, srv.base + '/__test/reset', eventSourcePage([]));
+    await waitFor('the EventSource to open', async () => count(await pageLog(page), 'open') === 1);
+    const first = await srv.publish([1, 2, 3].map((i) => ({ topic: 't', data: `before ${i}` })));
+    await waitFor('the first 3 events', async () => eventsOf(await pageLog(page)).length === 3);
+
+    // Drop the stream; while the browser waits out retry:, publish more than the ring holds.
+    await srv.kick();
+    await waitFor('the drop', async () => count(await pageLog(page), 'error') === 1);
+    const lost = await srv.publish(Array.from({ length: 40 }, (_, i) => ({ topic: 't', data: `missed ${i}` })));
+    await waitFor('the reconnection', async () => count(await pageLog(page), 'open') === 2, { timeout: RETRY_MS + 10000 });
+    const reset = await waitFor('the reset event', async () => eventsOf(await pageLog(page)).find((e) => e.type === 'reset'));
+    assert.deepEqual(JSON.parse(reset.data), { reason: 'too-old', lastEventId: first[2] });
+    const [epoch, seq] = reset.id.split('-').map(Number);
+    assert.equal(`${epoch}`, first[0].split('-')[0], 'same epoch');
+    assert.ok(seq >= Number(lost.at(-1).split('-')[1]), `the reset's id ${reset.id} is the current position (≥ ${lost.at(-1)})`);
+
+    // Then live: new events arrive, none of the lost ones.
+    const live = await srv.publish([1, 2].map((i) => ({ topic: 't', data: `after ${i}` })));
+    const log = await waitFor('the live events after the reset', async () => {
+      const entries = await pageLog(page);
+      return eventsOf(entries).length >= 6 && entries;
+    });
+    const received = eventsOf(log);
+    assert.deepEqual(received.map((e) => e.type === 'reset' ? 'reset' : e.id), [...first, 'reset', ...live]);
+    assert.deepEqual(received.map((e) => e.data).filter((d) => d.startsWith('missed')), [], 'no lost event is replayed');
+
+    // The reset's id is a valid position: a later drop resumes exactly from it.
+    await srv.kick();
+    await waitFor('the second drop', async () => count(await pageLog(page), 'error') === 2);
+    const later = await srv.publish({ topic: 't', data: 'after the second drop' });
+    await waitFor('the second reconnection and the event', async () => eventsOf(await pageLog(page)).at(-1)?.id === later[0], { timeout: RETRY_MS + 10000 });
+    const metrics = await srv.metrics();
+    assert.equal(metrics.ringcast_resumes_reset_total, 1);
+    assert.equal(metrics.ringcast_resumes_exact_total, 1);
+  } finally {
+    await context.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+test('HTTP/2 over TLS: 20 EventSource streams in one page share one connection', { timeout: 90000 }, async () => {
+  const STREAMS = 20;
+  const tls = selfSignedCert(path.join(OUT, 'tls'));
+  const srv = await server('h2', [], { tls });
+  const h2browser = await launchChromium(['--ignore-certificate-errors']);
+  try {
+    const context = await h2browser.newContext();
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const responses = [];
+    cdp.on('Network.responseReceived', ({ response }) => {
+      if (response.url.includes('/events?')) responses.push({ url: response.url, status: response.status, protocol: response.protocol, connectionId: response.connectionId });
+    });
+    await openTestPage(page, srv.base + '/__test/h2', `<!doctype html><meta charset="utf-8"><script>
+      window.opened = 0; window.received = {};
+      window.streams = Array.from({ length: ${STREAMS} }, (_, i) => {
+        const es = new EventSource('/events?topic=h2-' + i);
+        es.onopen = () => { window.opened += 1; };
+        es.onmessage = (e) => { window.received[i] = e.data; };
+        return es;
+      });
+    </script>`);
+    await waitFor(`all ${STREAMS} streams open`, async () => (await page.evaluate(() => window.opened)) === STREAMS, { timeout: 15000 });
+
+    // Every stream is live at once (HTTP/1.1 would allow 6 per host): one event each.
+    await srv.publish(Array.from({ length: STREAMS }, (_, i) => ({ topic: `h2-${i}`, data: `to stream ${i}` })));
+    await waitFor('an event on every stream', async () => Object.keys(await page.evaluate(() => window.received)).length === STREAMS);
+    const received = await page.evaluate(() => window.received);
+    for (let i = 0; i < STREAMS; i += 1) assert.equal(received[i], `to stream ${i}`);
+
+    // The browser's view: every stream is an h2 response on the same connection.
+    assert.equal(responses.length, STREAMS);
+    assert.deepEqual([...new Set(responses.map((r) => r.protocol))], ['h2'], 'every stream over HTTP/2');
+    assert.deepEqual([...new Set(responses.map((r) => r.status))], [200]);
+    assert.equal(new Set(responses.map((r) => r.connectionId)).size, 1, `one connection id for all streams: ${JSON.stringify(responses.map((r) => r.connectionId))}`);
+
+    // The server's view, asked from the page (so over that same connection): 20 streams, 1 connection.
+    const view = await waitFor('the server to count 20 streams on 1 connection', async () => {
+      const seen = await page.evaluate(async () => {
+        const text = await (await fetch('/metrics', { cache: 'no-store' })).text();
+        const metric = (name) => Number(text.match(new RegExp(`^${name} (\\d+)$`, 'm'))?.[1]);
+        const entry = performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/metrics')).at(-1);
+        return { streams: metric('ringcast_streams'), connections: metric('ringcast_connections'), protocol: entry?.nextHopProtocol };
+      });
+      return seen.streams === STREAMS && seen.connections === 1 && seen;
+    }, { timeout: 10000, interval: 250 });
+    assert.equal(view.protocol, 'h2', 'the page fetch went over h2');
+    console.log(`# ${STREAMS} EventSource streams, protocol ${responses[0].protocol}, connection id ${responses[0].connectionId}; server: ${JSON.stringify(view)}`);
+    await context.close();
+  } finally {
+    await h2browser.close().catch(() => {});
+  }
+});
