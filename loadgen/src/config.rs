@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, default_value = "/events?topic={topic}")]
     pub subscribe_path: String,
 
+    /// Publish to this server instead of `--url` (e.g. another node of a ringcast cluster,
+    /// to measure the hop through Redis). Default: `--url`.
+    #[arg(long)]
+    #[serde(default)]
+    pub publish_url: Option<String>,
+
     /// Publish request path; `{topic}` is replaced by the topic name (for `raw`).
     #[arg(long, default_value = "/publish")]
     pub publish_path: String,
@@ -178,8 +184,9 @@ pub(crate) struct TopicPlan {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) server: SocketAddr,
-    /// The `Host` header value.
-    pub(crate) host: String,
+    /// Where publishing goes (`--publish-url`, else `server`), and its `Host` header.
+    pub(crate) publish_server: SocketAddr,
+    pub(crate) publish_host: String,
     /// Addresses to bind clients to, used round-robin (empty: no bind).
     pub(crate) sources: Vec<Ipv4Addr>,
 
@@ -204,15 +211,62 @@ pub(crate) struct Plan {
     pub(crate) progress: bool,
 }
 
+/// The checks of `config` that need nothing resolved.
+fn check(config: &Config) -> anyhow::Result<()> {
+    ensure!(config.clients >= 1, "--clients must be at least 1");
+    ensure!(config.topics >= 1, "--topics must be at least 1");
+    ensure!(config.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
+    ensure!(config.publish_connections >= 1, "--publish-connections must be at least 1");
+    ensure!(config.threads >= 1, "--threads must be at least 1");
+    ensure!(config.rate.is_finite() && config.rate >= 0.0, "--rate must be a number of events/s, 0 or more");
+    ensure!(config.size <= MAX_SIZE, "--size {} is larger than the loadgen's limit of {MAX_SIZE} bytes", config.size);
+    ensure!(
+        (0.0..=1.0).contains(&config.slow_fraction),
+        "--slow-fraction must be between 0 and 1 (a share of the clients), not {}",
+        config.slow_fraction
+    );
+    ensure!(
+        config.batch_interval_ms.is_finite() && (0.1..=1000.0).contains(&config.batch_interval_ms),
+        "--batch-interval-ms must be between 0.1 and 1000"
+    );
+    ensure!(
+        config.topics == 1 || config.subscribe_path.contains("{topic}"),
+        "--subscribe-path has no `{{topic}}`, so all {} topics would share one stream; add `{{topic}}`",
+        config.topics
+    );
+    ensure!(
+        config.publish_format != PublishFormat::Raw || config.topics == 1 || config.publish_path.contains("{topic}"),
+        "--publish-format raw publishes to --publish-path, which has no `{{topic}}`; add it (e.g. /pub/{{topic}})"
+    );
+    for path in [&config.subscribe_path, &config.publish_path] {
+        ensure!(path.starts_with('/'), "path template `{path}` must start with `/`");
+        ensure!(
+            !path.bytes().any(|b| b.is_ascii_control() || b == b' '),
+            "path template `{path}` has a space or control character; percent-encode it"
+        );
+    }
+    Ok(())
+}
+
 impl Plan {
     /// Checks `config` and resolves the server address (a blocking DNS lookup for a name).
     pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let url = Url::parse(&config.url)?;
-        let server = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .with_context(|| format!("could not resolve `{}` from --url {}", url.host, config.url))?
-            .min_by_key(SocketAddr::is_ipv6) // prefer IPv4: the source addresses are IPv4
-            .with_context(|| format!("`{}` from --url resolved to no address", url.host))?;
+        let resolve = |url: &Url, flag: &str, text: &str| -> anyhow::Result<SocketAddr> {
+            (url.host.as_str(), url.port)
+                .to_socket_addrs()
+                .with_context(|| format!("could not resolve `{}` from {flag} {text}", url.host))?
+                .min_by_key(SocketAddr::is_ipv6) // prefer IPv4: the source addresses are IPv4
+                .with_context(|| format!("`{}` from {flag} resolved to no address", url.host))
+        };
+        let server = resolve(&url, "--url", &config.url)?;
+        let (publish_server, publish_host) = match &config.publish_url {
+            None => (server, url.host_header()),
+            Some(text) => {
+                let publish = Url::parse(text)?;
+                (resolve(&publish, "--publish-url", text)?, publish.host_header())
+            }
+        };
         let sources = match (config.source_addrs, server.ip()) {
             (0, _) => Vec::new(),
             (k, IpAddr::V4(ip)) if ip.is_loopback() => (1..=k).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
@@ -221,44 +275,7 @@ impl Plan {
                  pass --source-addrs 0 for a server that is not on IPv4 loopback"
             ),
         };
-        ensure!(config.clients >= 1, "--clients must be at least 1");
-        ensure!(config.topics >= 1, "--topics must be at least 1");
-        ensure!(config.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
-        ensure!(config.publish_connections >= 1, "--publish-connections must be at least 1");
-        ensure!(config.threads >= 1, "--threads must be at least 1");
-        ensure!(config.rate.is_finite() && config.rate >= 0.0, "--rate must be a number of events/s, 0 or more");
-        ensure!(
-            config.size <= MAX_SIZE,
-            "--size {} is larger than the loadgen's limit of {MAX_SIZE} bytes",
-            config.size
-        );
-        ensure!(
-            (0.0..=1.0).contains(&config.slow_fraction),
-            "--slow-fraction must be between 0 and 1 (a share of the clients), not {}",
-            config.slow_fraction
-        );
-        ensure!(
-            config.batch_interval_ms.is_finite() && (0.1..=1000.0).contains(&config.batch_interval_ms),
-            "--batch-interval-ms must be between 0.1 and 1000"
-        );
-        ensure!(
-            config.topics == 1 || config.subscribe_path.contains("{topic}"),
-            "--subscribe-path has no `{{topic}}`, so all {} topics would share one stream; add `{{topic}}`",
-            config.topics
-        );
-        ensure!(
-            config.publish_format != PublishFormat::Raw
-                || config.topics == 1
-                || config.publish_path.contains("{topic}"),
-            "--publish-format raw publishes to --publish-path, which has no `{{topic}}`; add it (e.g. /pub/{{topic}})"
-        );
-        for path in [&config.subscribe_path, &config.publish_path] {
-            ensure!(path.starts_with('/'), "path template `{path}` must start with `/`");
-            ensure!(
-                !path.bytes().any(|b| b.is_ascii_control() || b == b' '),
-                "path template `{path}` has a space or control character; percent-encode it"
-            );
-        }
+        check(config)?;
         let seconds = |name: &str, value: f64, min: f64| -> anyhow::Result<Duration> {
             ensure!(value.is_finite() && value >= min && value < 1e7, "--{name} must be at least {min} seconds");
             Ok(Duration::from_secs_f64(value))
@@ -282,6 +299,8 @@ impl Plan {
             .collect();
         Ok(Self {
             server,
+            publish_server,
+            publish_host,
             sources,
             topics,
             clients: config.clients,
@@ -302,7 +321,6 @@ impl Plan {
             slow_check: seconds("slow-check", config.slow_check, 0.0)?,
             threads: config.threads,
             progress: config.progress,
-            host,
         })
     }
 

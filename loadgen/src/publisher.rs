@@ -207,7 +207,7 @@ impl Publisher {
             head,
             "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             self.plan.topics[topic].publish_path,
-            self.plan.host,
+            self.plan.publish_host,
             self.body.len()
         );
         self.request.extend_from_slice(head.as_bytes());
@@ -266,7 +266,7 @@ impl Publisher {
                 conn
             } else {
                 let source = self.plan.publisher_source(self.id);
-                let conn = Connection::connect(self.plan.server, source, timeout)
+                let conn = Connection::connect(self.plan.publish_server, source, timeout)
                     .await
                     .map_err(|error| Failure::Unsent(format!("connect: {error}")))?;
                 self.stats.connects += 1;
