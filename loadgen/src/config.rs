@@ -129,6 +129,12 @@ pub struct Config {
     #[serde(default)]
     pub publish_url: Option<String>,
 
+    /// A bearer token sent with every subscribe and publish request (`Authorization:
+    /// Bearer`), for a server with authorization on.
+    #[arg(long, env = "LOADGEN_TOKEN", hide_env_values = true)]
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+
     /// Publish request path; `{topic}` is replaced by the topic name (for `raw`).
     #[arg(long, default_value = "/publish")]
     pub publish_path: String,
@@ -187,6 +193,8 @@ pub(crate) struct Plan {
     /// Where publishing goes (`--publish-url`, else `server`), and its `Host` header.
     pub(crate) publish_server: SocketAddr,
     pub(crate) publish_host: String,
+    /// Extra header lines of every request (`--token`), each ending in CRLF.
+    pub(crate) auth_header: String,
     /// Addresses to bind clients to, used round-robin (empty: no bind).
     pub(crate) sources: Vec<Ipv4Addr>,
 
@@ -281,13 +289,19 @@ impl Plan {
             Ok(Duration::from_secs_f64(value))
         };
         let host = url.host_header();
+        let auth_header =
+            config.token.as_ref().map_or_else(String::new, |token| format!("authorization: Bearer {token}\r\n"));
+        ensure!(
+            config.token.as_ref().is_none_or(|token| !token.chars().any(char::is_control)),
+            "--token must be one line of printable characters"
+        );
         let topics = (0..config.topics)
             .map(|i| {
                 let name = format!("{}{i}", config.topic_prefix);
                 let encoded = percent_encode(&name);
                 let path = format!("{}{}", url.path, config.subscribe_path.replace("{topic}", &encoded));
                 let subscribe_request = format!(
-                    "GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n\r\n"
+                    "GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n{auth_header}\r\n"
                 )
                 .into_bytes();
                 TopicPlan {
@@ -301,6 +315,7 @@ impl Plan {
             server,
             publish_server,
             publish_host,
+            auth_header,
             sources,
             topics,
             clients: config.clients,

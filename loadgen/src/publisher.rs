@@ -205,10 +205,11 @@ impl Publisher {
         let mut head = String::with_capacity(160);
         let _ = write!(
             head,
-            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{}\r\n",
             self.plan.topics[topic].publish_path,
             self.plan.publish_host,
-            self.body.len()
+            self.body.len(),
+            self.plan.auth_header
         );
         self.request.extend_from_slice(head.as_bytes());
         self.request.extend_from_slice(&self.body);

@@ -93,3 +93,33 @@ async fn topics_spread_clients_and_json_publishing_keeps_order() {
     assert_eq!(report.publish.requests, report.publish.events_acked, "ringcast-json: one request per event");
     server.stop().await;
 }
+
+/// With authorization on, `--token` is sent on every subscribe and publish request; without
+/// it every subscription is refused (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_opens_a_server_with_authorization_on() {
+    use jsonwebtoken::{EncodingKey, Header};
+    let secret = b"loadgen-test-secret-0123456789abcdef";
+    let mut config = ringcast::config::ServerConfig::default();
+    config.security.auth.key = Some(ringcast::auth::JwtKey::Hs256(secret.to_vec()));
+    let server = crate::support::start_server_with(1024, config).await;
+    let claims = serde_json::json!({ "ringcast": { "subscribe": ["*"], "publish": ["*"] } });
+    let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret)).expect("token");
+    let base = Config {
+        url: server.url(),
+        clients: 10,
+        source_addrs: 2,
+        rate: 100.0,
+        warmup: 0.2,
+        duration: 1.0,
+        drain: 2.0,
+        no_progress: true,
+        ..Config::default()
+    };
+    let report = loadgen::run(Config { token: Some(token), ..base.clone() }).await.expect("run");
+    assert!(report.ok, "{}", report.table());
+    assert_eq!(report.connect.connected, 10);
+    assert!(report.normal.received > 0 && report.normal.gap_events == 0, "{}", report.table());
+    let refused = loadgen::run(Config { duration: 0.2, ..base }).await.expect("run");
+    assert_eq!(refused.connect.connected, 0, "{}", refused.table());
+}
