@@ -21,11 +21,11 @@ pub(crate) struct Server {
 pub(crate) async fn start_server(ring_capacity: usize, heartbeat: Duration, write_timeout: Duration) -> Server {
     let config =
         ServerConfig { heartbeat, write_timeout, shutdown_grace: Duration::from_secs(2), ..Default::default() };
-    start_server_with(ring_capacity, config).await
+    start_server_with(ring_capacity, config)
 }
 
 /// Starts a server with `config` and this ring capacity.
-pub(crate) async fn start_server_with(ring_capacity: usize, config: ServerConfig) -> Server {
+pub(crate) fn start_server_with(ring_capacity: usize, config: ServerConfig) -> Server {
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(HubConfig { ring_capacity, tick: config.tick(), ..Default::default() }, Arc::clone(&metrics))
         .expect("inside a runtime");
