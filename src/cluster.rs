@@ -321,7 +321,10 @@ impl Cluster {
             let views: Vec<(u64, Vec<&str>, &LogEntry)> = entries
                 .iter()
                 .filter_map(|entry| {
-                    let key = self.hub.key_of(entry.id)?;
+                    let Some(key) = self.hub.key_of(entry.id) else {
+                        tracing::warn!(id = %entry.id, "skipping a stream entry whose id does not fit an event id");
+                        return None;
+                    };
                     Some((key, entry.topics.split('\n').collect(), entry))
                 })
                 .collect();

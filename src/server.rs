@@ -209,7 +209,10 @@ impl EventsRequest {
     /// Fills a fed subscription's resume gap from the cluster log; on failure the
     /// subscription starts with a `reset` event instead. Returns the frames to send first.
     pub(crate) async fn fill_gap(&self, ctx: &Ctx, subscription: &mut Subscription) -> Vec<Bytes> {
-        let (Some(gap), Some(cluster)) = (subscription.take_gap(), ctx.config.cluster.as_ref()) else {
+        let Some(gap) = subscription.take_gap() else { return Vec::new() };
+        let Some(cluster) = ctx.config.cluster.as_ref() else {
+            // A fed hub without its cluster link: the log cannot be asked, so say so.
+            subscription.gap_failed(self.last_event_id());
             return Vec::new();
         };
         match cluster.fill_gap(gap, &self.topics()).await {
