@@ -61,8 +61,8 @@ function assertExactlyOnce(received, expectedIds) {
 }
 
 // ---------------------------------------------------------------------------------------
-test('dashboard: loads without console errors, shows live numbers that move with traffic, tail and publish work', { timeout: 90000 }, async () => {
-  const srv = await server('dashboard');
+test('dashboard: loads without console errors, its numbers move with traffic, tail and publish work, it reconnects after a drop', { timeout: 90000 }, async () => {
+  const srv = await server('dashboard', ['--test-hooks', '--retry-ms', '700']);
   const context = await browser.newContext({ viewport: { width: 1280, height: 1100 } });
   try {
     const page = await context.newPage();
@@ -102,6 +102,18 @@ test('dashboard: loads without console errors, shows live numbers that move with
     await waitFor('the form to report the new id', () => page.$eval('#pub-result', (node) => node.textContent.startsWith('published: id ')));
     await waitFor('the tail to show the form event', () => page.$eval('#tail-list li', (item) =>
       item.dataset.event === 'from-form' && item.querySelector('pre').textContent === 'published with the form'));
+    // The server drops every stream: the dashboard shows it, reconnects by itself (stats
+    // and tail), and counts the drops and the exact resumes.
+    const resumesBefore = await value('#v-resumes');
+    await srv.kick();
+    await page.waitForSelector('#state[data-state="reconnecting"]', { timeout: 5000 });
+    await page.waitForSelector('#state[data-state="live"]', { timeout: 10000 });
+    await waitFor('the tail to watch again', () => page.$eval('#tail-status', (node) => node.textContent === 'watching browser/dash'));
+    await srv.publish({ topic: 'browser/dash', event: 'after-drop', data: 'after the drop' });
+    await waitFor('the tail to show the event after the drop', () => page.$eval('#tail-list li', (item) => item.dataset.event === 'after-drop'));
+    await waitFor('2 test-hook disconnects in the table', () => page.$eval('#disconnects-body tr[data-reason="test_hook"]', (row) => row.cells[1].textContent === '2'));
+    await waitFor('2 more exact resumes (stats and tail)', async () => (await value('#v-resumes')) === resumesBefore + 2);
+
     await sleep(1200); // one more snapshot, so the charts and tables show the traffic
     await page.screenshot({ path: path.join(OUT, 'dashboard.png'), fullPage: true });
     assert.deepEqual(problems, [], 'no console errors');
@@ -210,15 +222,15 @@ test('EventSource: dropped mid-stream, the browser reconnects after retry: with 
   try {
     const page = await context.newPage();
     // The headers Chromium really sent (CDP's ExtraInfo event: what went on the wire).
+    // (The two events of a request come in either order: joined by request id at the end.)
     const cdp = await context.newCDPSession(page);
     await cdp.send('Network.enable');
-    const streamRequests = new Set();
-    const reconnectHeaders = [];
-    cdp.on('Network.requestWillBeSent', ({ requestId, request }) => { if (request.url.includes('/events?topic=t')) streamRequests.add(requestId); });
+    const streamRequests = [];
+    const sentHeaders = new Map();
+    cdp.on('Network.requestWillBeSent', ({ requestId, request }) => { if (request.url.includes('/events?topic=t')) streamRequests.push(requestId); });
     cdp.on('Network.requestWillBeSentExtraInfo', ({ requestId, headers }) => {
-      if (!streamRequests.has(requestId)) return;
       const name = Object.keys(headers).find((key) => key.toLowerCase() === 'last-event-id');
-      reconnectHeaders.push(name ? headers[name] : null);
+      sentHeaders.set(requestId, name ? headers[name] : null);
     });
     await openTestPage(page, srv.base + '/__test/resume', eventSourcePage([]));
     await waitFor('the EventSource to open', async () => count(await pageLog(page), 'open') === 1);
@@ -226,6 +238,7 @@ test('EventSource: dropped mid-stream, the browser reconnects after retry: with 
     // A publisher runs all along (bounded: at most 3000 events or 40 s) while the server
     // drops the stream three times.
     const published = [];
+    const gaps = []; // events published while the browser was away, per drop
     let stop = false;
     const publisher = (async () => {
       const deadline = Date.now() + 40000;
@@ -239,7 +252,9 @@ test('EventSource: dropped mid-stream, the browser reconnects after retry: with 
         const before = eventsOf(await pageLog(page)).length;
         await waitFor('events flowing before the drop', async () => eventsOf(await pageLog(page)).length >= before + 20);
         await srv.kick();
+        const publishedAtDrop = published.length;
         await waitFor(`reconnection ${kick}`, async () => count(await pageLog(page), 'open') === kick + 1, { timeout: RETRY_MS + 10000 });
+        gaps.push(published.length - publishedAtDrop);
       }
       const resumedAt = eventsOf(await pageLog(page)).length;
       await waitFor('events flowing after the last reconnection', async () => eventsOf(await pageLog(page)).length >= resumedAt + 20);
@@ -252,6 +267,7 @@ test('EventSource: dropped mid-stream, the browser reconnects after retry: with 
       return eventsOf(entries).length >= published.length && entries;
     });
     const received = eventsOf(log);
+    assert.ok(gaps.every((n) => n >= 10), `events were published during every disconnection: ${gaps}`);
     assertExactlyOnce(received, published);
     received.forEach((event, i) => assert.equal(event.data, `seq ${i}\nsecond line ${i}`));
 
@@ -265,13 +281,17 @@ test('EventSource: dropped mid-stream, the browser reconnects after retry: with 
       const delay = opens[i + 1].t - error.t;
       assert.ok(delay >= RETRY_MS * 0.9 && delay < RETRY_MS + 5000, `reconnection ${i + 1} after ${delay.toFixed(0)} ms, expected about ${RETRY_MS} ms`);
     });
-    await waitFor('the request headers of every reconnection', () => reconnectHeaders.length === KICKS + 1);
+    const reconnectHeaders = await waitFor('the request headers of every reconnection', () =>
+      streamRequests.length === KICKS + 1 && streamRequests.every((id) => sentHeaders.has(id)) && streamRequests.map((id) => sentHeaders.get(id)),
+    { timeout: 5000 }).catch((error) => {
+      throw new Error(`${error.message}; requests ${JSON.stringify(streamRequests)}, headers ${JSON.stringify([...sentHeaders])}`);
+    });
     assert.deepEqual(reconnectHeaders, [null, ...errors.map((e) => e.lastId)], 'Last-Event-ID = the last id the page had');
     const metrics = await srv.metrics();
     assert.equal(metrics.ringcast_resumes_exact_total, KICKS, 'the server resumed exactly each time');
     assert.equal(metrics.ringcast_resumes_reset_total, 0);
     assert.equal(metrics['ringcast_disconnects_total{reason="test_hook"}'], KICKS);
-    console.log(`# ${published.length} events, ${KICKS} drops, reconnection delays ${errors.map((e, i) => (opens[i + 1].t - e.t).toFixed(0)).join(', ')} ms`);
+    console.log(`# ${published.length} events, ${gaps.join('/')} of them published while disconnected, ${KICKS} drops, reconnection delays ${errors.map((e, i) => (opens[i + 1].t - e.t).toFixed(0)).join(', ')} ms`);
   } finally {
     await context.close();
   }
@@ -323,10 +343,10 @@ test('EventSource: a Last-Event-ID the ring no longer holds yields the documente
 });
 
 // ---------------------------------------------------------------------------------------
-test('HTTP/2 over TLS: 20 EventSource streams in one page share one connection', { timeout: 90000 }, async () => {
+test('HTTP/2 over TLS: 20 EventSource streams in one page share one connection, also after a drop', { timeout: 90000 }, async () => {
   const STREAMS = 20;
   const tls = selfSignedCert(path.join(OUT, 'tls'));
-  const srv = await server('h2', [], { tls });
+  const srv = await server('h2', ['--test-hooks', '--retry-ms', '500'], { tls });
   const h2browser = await launchChromium(['--ignore-certificate-errors']);
   try {
     const context = await h2browser.newContext();
@@ -371,6 +391,12 @@ test('HTTP/2 over TLS: 20 EventSource streams in one page share one connection',
       return seen.streams === STREAMS && seen.connections === 1 && seen;
     }, { timeout: 10000, interval: 250 });
     assert.equal(view.protocol, 'h2', 'the page fetch went over h2');
+
+    // Dropped by the server, the 20 streams come back on that same connection.
+    await srv.kick();
+    await waitFor(`all ${STREAMS} streams open again`, async () => (await page.evaluate(() => window.opened)) === 2 * STREAMS, { timeout: 15000 });
+    assert.equal(new Set(responses.map((r) => r.connectionId)).size, 1, 'the reconnections reuse the connection');
+    assert.equal(responses.length, 2 * STREAMS);
     console.log(`# ${STREAMS} EventSource streams, protocol ${responses[0].protocol}, connection id ${responses[0].connectionId}; server: ${JSON.stringify(view)}`);
     await context.close();
   } finally {
