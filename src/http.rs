@@ -332,6 +332,7 @@ async fn events(ctx: &Arc<Ctx>, state: Option<&Arc<ConnState>>, request: &Reques
         last_tick_with_data: tick,
         done: false,
         frames: 0,
+        bytes: 0,
         kicks: ctx.kicks(),
         _guard: StreamGuard::new(&ctx.metrics),
         _conn: state.map(ConnStream::new),
@@ -355,6 +356,7 @@ struct SseBody {
     last_tick_with_data: u64,
     done: bool,
     frames: u64,
+    bytes: u64,
     /// The test hook's generation when the stream started.
     kicks: u64,
     _guard: StreamGuard,
@@ -390,12 +392,12 @@ impl SseBody {
                 let bytes = entry.value().bytes.clone();
                 self.head += 1;
                 self.frames += 1;
+                self.bytes += bytes.len() as u64;
                 self.last_tick_with_data = self.sub.tick();
                 return Poll::Ready(Some(Ok(BodyFrame::data(bytes))));
             }
             if !self.batch.is_empty() {
-                self.ctx.metrics.frames_delivered.inc_by(self.frames);
-                self.frames = 0;
+                self.flush();
                 self.batch.clear();
                 self.head = 0;
             }
@@ -432,9 +434,21 @@ impl SseBody {
     }
 }
 
+impl SseBody {
+    /// Adds the frames and bytes handed to hyper since the last flush to the metrics.
+    /// (`ringcast_writes_total` counts the fast path's `writev` calls only: hyper batches
+    /// its own writes.)
+    fn flush(&mut self) {
+        self.ctx.metrics.frames_delivered.inc_by(self.frames);
+        self.ctx.metrics.bytes_delivered.inc_by(self.bytes);
+        self.frames = 0;
+        self.bytes = 0;
+    }
+}
+
 impl Drop for SseBody {
     fn drop(&mut self) {
-        self.ctx.metrics.frames_delivered.inc_by(self.frames);
+        self.flush();
         if !self.done {
             self.ctx.metrics.disconnect(DisconnectReason::ClientClosed);
         }

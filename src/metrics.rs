@@ -96,6 +96,21 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, for pre-registering label values so they show as 0.
+    pub const ALL: [Self; 11] = [
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::HeaderTooLarge,
+        Self::HeaderTimeout,
+        Self::MaxConnections,
+        Self::MaxTopics,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::PerIp,
+        Self::PublishRate,
+        Self::IdleTimeout,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -187,6 +202,9 @@ impl Metrics {
         }
         for reason in DisconnectReason::ALL {
             drop(self.disconnects.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in Rejection::ALL {
+            drop(self.rejected.get_or_create(&RejectionLabel { reason }));
         }
         let mut registry = Registry::with_prefix("ringcast");
         registry.register("streams", "Open SSE streams", self.streams.clone());

@@ -18,6 +18,10 @@ pub const STATS_TOPIC: &str = "$sys/stats";
 pub const RESERVED_PREFIX: &str = "$sys/";
 /// Most topics listed in a snapshot (the busiest by subscribers).
 const TOP_TOPICS: usize = 50;
+/// Seconds over which delivery rates are averaged: streams add their counts to the totals
+/// once per clock tick (a few seconds), so a one-second difference would swing between 0
+/// and a burst.
+const DELIVERY_WINDOW: usize = 10;
 
 /// Publishes a snapshot every second until the hub shuts down (run it under
 /// [`Hub::spawn_producer`]). `anonymous_publish` tells the dashboard whether its publish
@@ -27,6 +31,9 @@ pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::clone(hub.metrics());
     let mut last = Counters::read(&metrics);
+    // The last DELIVERY_WINDOW seconds of counters, oldest first, for the delivery rates.
+    let mut window: std::collections::VecDeque<(Instant, Counters)> = std::collections::VecDeque::new();
+    window.push_back((Instant::now(), last));
     let mut last_published: HashMap<String, u64> = HashMap::new();
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,8 +63,15 @@ pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
             })
             .collect();
         last_published = topics.iter().map(|topic| (topic.name.clone(), topic.published)).collect();
-        let writes = counters.writes.saturating_sub(last.writes);
-        let frames = counters.frames.saturating_sub(last.frames);
+        window.push_back((now, counters));
+        if window.len() > DELIVERY_WINDOW + 1 {
+            window.pop_front();
+        }
+        let (since, oldest) = window.front().copied().unwrap_or((now, counters));
+        let span = now.duration_since(since).as_secs_f64().max(1e-3);
+        let averaged = |now: u64, before: u64| round(now.saturating_sub(before) as f64 / span);
+        let writes = counters.writes.saturating_sub(oldest.writes);
+        let frames = counters.frames.saturating_sub(oldest.frames);
         let mut disconnects = serde_json::Map::new();
         for reason in DisconnectReason::ALL {
             let count = metrics.disconnects.get_or_create(&ReasonLabel { reason }).get();
@@ -72,8 +86,10 @@ pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
             "events_total": counters.events,
             "deliveries_total": counters.frames,
             "events_per_s": round(rate(counters.events, last.events)),
-            "deliveries_per_s": round(rate(counters.frames, last.frames)),
-            "bytes_per_s": round(rate(counters.bytes, last.bytes)),
+            "deliveries_per_s": averaged(counters.frames, oldest.frames),
+            "bytes_per_s": averaged(counters.bytes, oldest.bytes),
+            "bytes_total": counters.bytes,
+            "rate_window_s": round(span),
             "frames_per_write": if writes == 0 { 0.0 } else { round(frames as f64 / writes as f64) },
             "disconnects": disconnects,
             "resumes": { "exact": metrics.resumes.exact.get(), "reset": metrics.resumes.reset.get() },
