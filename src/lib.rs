@@ -15,7 +15,7 @@
 //! - [`config`]: command-line options; [`demo`]: the `--demo` producer; [`stats`]: the
 //!   `$sys/stats` topic the dashboard (`GET /`) reads.
 //! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
-//! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg loom`.
+//! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg ringcast_loom`.
 //!
 //! # Embedding
 //! ```no_run
@@ -36,29 +36,29 @@ pub mod parse;
 pub mod ring;
 mod sync;
 
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod auth;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod cluster;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod config;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 mod conn;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod demo;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod http;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod hub;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod limits;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod metrics;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod publish;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod security;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod server;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub mod stats;

@@ -59,9 +59,9 @@
 #[expect(unsafe_code, reason = "the lock-free waiter stack; each block has a SAFETY comment")]
 mod waiters;
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, ringcast_loom))]
 mod loom;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(ringcast_loom)))]
 mod tests;
 
 use std::fmt;

@@ -417,14 +417,19 @@ pub async fn run(
 }
 
 /// Plain TCP goes to the stream fast path or hyper; TLS is handshaken, then hyper.
-async fn serve(tcp: TcpStream, ip: IpAddr, ctx: Arc<Ctx>) {
-    let Some(acceptor) = ctx.security.tls.clone() else {
-        crate::conn::serve(tcp, ip, ctx).await;
-        return;
-    };
-    let handshake = Box::pin(tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tcp)));
-    match handshake.await {
-        Ok(Ok(tls)) => Box::pin(crate::http::serve_hyper(tls, Vec::new(), ip, ctx)).await,
+///
+/// The TLS path is boxed as a whole: its state (a TLS session of a kilobyte or more) must
+/// not be reserved in every plain connection's task (a test keeps this future small).
+pub(crate) async fn serve(tcp: TcpStream, ip: IpAddr, ctx: Arc<Ctx>) {
+    match ctx.security.tls.clone() {
+        None => crate::conn::serve(tcp, ip, ctx).await,
+        Some(acceptor) => Box::pin(serve_tls(tcp, acceptor, ip, ctx)).await,
+    }
+}
+
+async fn serve_tls(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, ip: IpAddr, ctx: Arc<Ctx>) {
+    match tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => crate::http::serve_hyper(tls, Vec::new(), ip, ctx).await,
         Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => ctx.metrics.reject(Rejection::HeaderTimeout),
     }

@@ -1,8 +1,10 @@
 //! The only module that names atomics, `Arc` and the waker cell.
 //!
 //! Everything concurrent in the crate imports from here, so that building with
-//! `RUSTFLAGS="--cfg loom"` swaps in loom's model types and the ring's models check the real
-//! code, not a copy (the pattern of tokio's `src/loom/`).
+//! `RUSTFLAGS="--cfg ringcast_loom"` swaps in loom's model types and the ring's models check the
+//! real code, not a copy (the pattern of tokio's `src/loom/`). The cfg has the crate's own name,
+//! not `loom`, because `--cfg` reaches every dependency and some (event-listener, via redis)
+//! have `cfg(loom)` code of their own (crossbeam's `crossbeam_loom` is the same idea).
 //!
 //! Two stand-ins are worth knowing about:
 //! - [`ArcCell`] is `arc_swap::ArcSwapOption` in real builds. Under loom it is a loom atomic
@@ -14,14 +16,14 @@
 //! - [`WakerCell`] is `atomic_waker::AtomicWaker` in real builds and `loom::future::AtomicWaker`
 //!   under loom; both implement the same register/wake contract.
 
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub(crate) use std::sync::Arc;
-#[cfg(not(loom))]
+#[cfg(not(ringcast_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, fence};
 
-#[cfg(loom)]
+#[cfg(ringcast_loom)]
 pub(crate) use loom::sync::Arc;
-#[cfg(loom)]
+#[cfg(ringcast_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, fence};
 
 use std::fmt;
@@ -29,16 +31,16 @@ use std::task::Waker;
 
 /// An atomically replaceable `Option<Arc<T>>`: the content of one ring slot.
 pub(crate) struct ArcCell<T> {
-    #[cfg(not(loom))]
+    #[cfg(not(ringcast_loom))]
     inner: arc_swap::ArcSwapOption<T>,
     /// Under loom: 0 = empty, `i` = `history[i - 1]`.
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     current: AtomicUsize,
     /// Under loom: every value ever offered to the cell, in order (models are small, so a fixed
     /// capacity does). Plain std types: they only allocate places, loom checks `current`.
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     history: Box<[std::sync::OnceLock<Arc<T>>]>,
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     offered: std::sync::atomic::AtomicUsize,
 }
 
@@ -46,32 +48,32 @@ impl<T> ArcCell<T> {
     /// An empty cell.
     pub(crate) fn empty() -> Self {
         Self {
-            #[cfg(not(loom))]
+            #[cfg(not(ringcast_loom))]
             inner: arc_swap::ArcSwapOption::const_empty(),
-            #[cfg(loom)]
+            #[cfg(ringcast_loom)]
             current: AtomicUsize::new(0),
-            #[cfg(loom)]
+            #[cfg(ringcast_loom)]
             history: (0..LOOM_HISTORY).map(|_| std::sync::OnceLock::new()).collect(),
-            #[cfg(loom)]
+            #[cfg(ringcast_loom)]
             offered: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Calls `f` with the current content. The reference is only valid inside `f`; clone the
     /// `Arc` to keep it. Wait-free in the common case (arc-swap's debt slots); never blocks.
-    #[cfg(not(loom))]
+    #[cfg(not(ringcast_loom))]
     pub(crate) fn peek<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
         let guard = self.inner.load();
         f(guard.as_ref())
     }
 
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     pub(crate) fn peek<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
         use std::sync::atomic::Ordering::Acquire;
         f(self.value_at(self.current.load(Acquire)))
     }
 
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     fn value_at(&self, index: usize) -> Option<&Arc<T>> {
         index.checked_sub(1).and_then(|i| self.history[i].get())
     }
@@ -79,7 +81,7 @@ impl<T> ArcCell<T> {
     /// Stores `new` if `replace(current)` says so, atomically with respect to every other
     /// `store_if`: returns `true` if `new` was stored. The displaced value is dropped here, on
     /// the caller's thread, unless a reader still holds a clone of it.
-    #[cfg(not(loom))]
+    #[cfg(not(ringcast_loom))]
     pub(crate) fn store_if(&self, new: &Arc<T>, replace: impl Fn(Option<&T>) -> bool) -> bool {
         let mut current = self.inner.load();
         loop {
@@ -100,7 +102,7 @@ impl<T> ArcCell<T> {
         }
     }
 
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     pub(crate) fn store_if(&self, new: &Arc<T>, replace: impl Fn(Option<&T>) -> bool) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
         let mut current = self.current.load(Acquire);
@@ -120,7 +122,7 @@ impl<T> ArcCell<T> {
 }
 
 /// Under loom: how many values one [`ArcCell`] can take in one model run.
-#[cfg(loom)]
+#[cfg(ringcast_loom)]
 const LOOM_HISTORY: usize = 32;
 
 impl<T> fmt::Debug for ArcCell<T> {
@@ -131,18 +133,18 @@ impl<T> fmt::Debug for ArcCell<T> {
 
 /// A cell holding at most one waker, registered by one task and woken by any thread.
 pub(crate) struct WakerCell {
-    #[cfg(not(loom))]
+    #[cfg(not(ringcast_loom))]
     inner: atomic_waker::AtomicWaker,
-    #[cfg(loom)]
+    #[cfg(ringcast_loom)]
     inner: loom::future::AtomicWaker,
 }
 
 impl WakerCell {
     pub(crate) fn new() -> Self {
         Self {
-            #[cfg(not(loom))]
+            #[cfg(not(ringcast_loom))]
             inner: atomic_waker::AtomicWaker::new(),
-            #[cfg(loom)]
+            #[cfg(ringcast_loom)]
             inner: loom::future::AtomicWaker::new(),
         }
     }
@@ -150,17 +152,17 @@ impl WakerCell {
     /// Registers `waker` to be woken by the next [`WakerCell::wake`]. If a wake races with the
     /// registration, `waker` is woken at once, so no wake-up is lost.
     pub(crate) fn register(&self, waker: &Waker) {
-        #[cfg(not(loom))]
+        #[cfg(not(ringcast_loom))]
         self.inner.register(waker);
-        #[cfg(loom)]
+        #[cfg(ringcast_loom)]
         self.inner.register_by_ref(waker);
     }
 
     /// Wakes the registered waker, if any, and clears the registration.
     pub(crate) fn wake(&self) {
-        #[cfg(not(loom))]
+        #[cfg(not(ringcast_loom))]
         self.inner.wake();
-        #[cfg(loom)]
+        #[cfg(ringcast_loom)]
         if let Some(waker) = self.inner.take_waker() {
             waker.wake();
         }

@@ -1,5 +1,5 @@
 //! loom models of the ring protocol. Run with
-//! `RUSTFLAGS="--cfg loom" cargo test --release --lib ring::loom` (each model sets its own
+//! `RUSTFLAGS="--cfg ringcast_loom" cargo test --release --lib ring::loom` (each model sets its own
 //! preemption bound, the largest that finishes in seconds; `LOOM_MAX_PREEMPTIONS` overrides).
 //!
 //! Capacity 2 forces wraparound after two publishes. Every model checks, for every reader:
