@@ -7,6 +7,11 @@
 //! (`ringcast-ndjson`), or one request each (`ringcast-json`, `raw`). A slow server makes the
 //! next batch larger (up to a body of `MAX_BODY` bytes), never the rate higher.
 //!
+//! Timestamps are *due* times, not send times: event `k` of a connection is stamped with the
+//! moment the schedule says it should leave (`start + k / rate`). A publisher that falls
+//! behind then shows up as latency instead of hiding it (coordinated omission), and events
+//! published late to catch up are not mistaken for fast ones.
+//!
 //! Sequence numbers count per topic from 1 and are committed only when the server accepts
 //! the request: a rejected request's numbers are reused, so a subscriber sees a gap only
 //! for an event the server acknowledged and did not deliver. A request whose connection
@@ -110,6 +115,10 @@ struct Publisher {
     body: Vec<u8>,
     request: Vec<u8>,
     stats: PublishStats,
+    /// `start` on the shared clock, in nanoseconds.
+    start_ns: u64,
+    /// Nanoseconds between two due times (1e9 / rate).
+    interval_ns: f64,
 }
 
 /// Publishes `rate` events/s over `topics` from `start` until `end`, as connection `id`.
@@ -139,6 +148,8 @@ pub(crate) async fn run(
         body: Vec::new(),
         request: Vec::new(),
         stats: PublishStats::new(),
+        start_ns: shared.ns_at(start),
+        interval_ns: if rate > 0.0 { 1e9 / rate } else { 0.0 },
         plan,
         shared,
     };
@@ -154,15 +165,16 @@ pub(crate) async fn run(
         if count == 0 {
             continue;
         }
+        let first = scheduled;
         scheduled += count;
         if publisher.plan.publish_format == PublishFormat::RingcastNdjson {
-            publisher.publish(count).await;
+            publisher.publish(count, first).await;
         } else {
-            for _ in 0..count {
+            for index in first..first + count {
                 if Instant::now() >= end {
                     break;
                 }
-                publisher.publish(1).await;
+                publisher.publish(1, index).await;
             }
         }
     }
@@ -170,14 +182,22 @@ pub(crate) async fn run(
 }
 
 impl Publisher {
-    /// Builds and sends one request holding `count` events (1 unless NDJSON).
-    async fn publish(&mut self, count: u64) {
+    /// The due time of this connection's event number `index`, on the shared clock.
+    #[expect(clippy::cast_precision_loss, reason = "event counts are far below 2^52")]
+    fn due_ns(&self, index: u64) -> u64 {
+        self.start_ns + to_u64(index as f64 * self.interval_ns)
+    }
+
+    /// Builds and sends one request holding `count` events (1 unless NDJSON), the
+    /// connection's events number `first..first + count`.
+    async fn publish(&mut self, count: u64, first: u64) {
         self.pending.copy_from_slice(&self.committed);
         self.body.clear();
-        let sent_ns = self.shared.now_ns();
+        let sent_ns = self.due_ns(first);
         let format = self.plan.publish_format;
         let mut first_topic = None;
-        for _ in 0..count {
+        for index in first..first + count {
+            let sent_ns = self.due_ns(index);
             let slot = self.next % self.topics.len();
             self.next = self.next.wrapping_add(1);
             self.pending[slot] += 1;
