@@ -136,7 +136,14 @@ impl Cluster {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, ClusterError> {
-        match tokio::time::timeout(self.config.timeout, self.client.get_multiplexed_async_connection()).await {
+        // No response timeout in the client (its default, 500 ms, is shorter than the
+        // consumer's blocking XREAD): every call here has its own timeout instead.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.config.timeout));
+        match tokio::time::timeout(self.config.timeout, self.client.get_multiplexed_async_connection_with_config(&config))
+            .await
+        {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(self.unavailable(error)),
             Err(_) => Err(self.unavailable("connection timed out")),
