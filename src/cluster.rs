@@ -141,8 +141,11 @@ impl Cluster {
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(Some(self.config.timeout));
-        match tokio::time::timeout(self.config.timeout, self.client.get_multiplexed_async_connection_with_config(&config))
-            .await
+        match tokio::time::timeout(
+            self.config.timeout,
+            self.client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
         {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(self.unavailable(error)),
