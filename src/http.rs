@@ -197,6 +197,7 @@ async fn route(
             text(StatusCode::OK, "every stream dropped")
         }
         (&Method::GET, "/metrics") => {
+            set_ring_gauges(ctx);
             let mut response = text(StatusCode::OK, ctx.metrics.render().trim_end());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -223,6 +224,16 @@ async fn route(
         headers.append(header::VARY, HeaderValue::from_static("origin"));
     }
     response
+}
+
+/// Ring depth for `/metrics`: frames held over all topics, and the fullest ring's fill.
+fn set_ring_gauges(ctx: &Ctx) {
+    let topics = ctx.hub.topic_stats();
+    let held = |t: &crate::hub::TopicStats| t.published.min(t.capacity as u64);
+    let frames: u64 = topics.iter().map(held).sum();
+    let fill = topics.iter().map(|t| held(t) * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
+    ctx.metrics.ring_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
+    ctx.metrics.ring_fill_max.set(i64::try_from(fill).unwrap_or(i64::MAX));
 }
 
 /// A CORS preflight: the methods and headers a browser may use, for allowed origins only

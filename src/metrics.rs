@@ -182,6 +182,10 @@ pub struct Metrics {
     pub producer_failures: Counter,
     /// Resident set size of the process, bytes (read from /proc at each scrape).
     pub resident_bytes: Gauge,
+    /// Frames held in all topic rings (set at each scrape).
+    pub ring_frames: Gauge,
+    /// The fullest ring's fill, in per mille of its capacity (set at each scrape).
+    pub ring_fill_max: Gauge,
 }
 
 impl Metrics {
@@ -222,6 +226,12 @@ impl Metrics {
         registry.register("resumes_reset", "Last-Event-ID not resumable: reset event sent", self.resumes.reset.clone());
         registry.register("producer_failures", "In-process producers restarted", self.producer_failures.clone());
         registry.register("process_resident_memory_bytes", "Resident set size", self.resident_bytes.clone());
+        registry.register("ring_frames", "Frames held in all topic rings", self.ring_frames.clone());
+        registry.register(
+            "ring_fill_max_permille",
+            "The fullest topic ring's fill, per mille of its capacity",
+            self.ring_fill_max.clone(),
+        );
         let mut text = String::new();
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut text, &registry).ok();

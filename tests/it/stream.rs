@@ -89,8 +89,18 @@ async fn health_metrics_and_unknown_paths() {
     let health: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["streams"], 1);
+    for i in 0..16 {
+        publish(server.addr, "t", &i.to_string()).await;
+    }
     let (status, _, body) = request(server.addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
+    let gauge = |name: &str| -> u64 {
+        let line = body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default();
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    // 16 of the test ring's 64 slots on topic t (any system topic can only add to the count).
+    assert!(gauge("ringcast_ring_frames") >= 16, "{body}");
+    assert!(gauge("ringcast_ring_fill_max_permille") >= 250, "{body}");
     for metric in [
         "ringcast_streams 1",
         "ringcast_disconnects_total{reason=\"lapped\"} 0",
