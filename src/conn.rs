@@ -221,6 +221,7 @@ async fn set_up(tcp: TcpStream, request: EventsRequest, ctx: &Arc<Ctx>) -> Optio
         }
     };
     let backlog = request.fill_gap(ctx, &mut sub).await;
+    tracing::debug!(topics = ?request.topics(), start = ?sub.start(), "stream opened");
     Some(prepare_stream(tcp, sub, &cors, &backlog, ctx))
 }
 
