@@ -160,7 +160,7 @@ pub(crate) async fn run(
         if now >= end {
             break;
         }
-        let due = to_u64(now.duration_since(start).as_secs_f64() * rate);
+        let due = events_due(now.duration_since(start).as_secs_f64(), rate);
         let count = due.saturating_sub(scheduled).min(max_batch);
         if count == 0 {
             continue;
@@ -179,6 +179,14 @@ pub(crate) async fn run(
         }
     }
     publisher.stats
+}
+
+/// How many events are due `elapsed` seconds after the start at `rate` events/s: event `k` is
+/// due at `k / rate`, so event 0 is due at once and `floor(elapsed * rate) + 1` are due by now.
+/// (Counting `floor(elapsed * rate)` would send every event one interval after its stamp, and
+/// add `1 / rate` to every measured latency: 50 ms at 20 events/s.)
+fn events_due(elapsed: f64, rate: f64) -> u64 {
+    if rate > 0.0 { to_u64(elapsed * rate) + 1 } else { 0 }
 }
 
 impl Publisher {
@@ -321,4 +329,19 @@ enum Failure {
     Unsent(String),
     /// Maybe processed.
     Unknown(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_due;
+
+    #[test]
+    fn an_event_leaves_when_it_is_due_not_one_interval_later() {
+        // 20 events/s: event k is due at k * 50 ms.
+        assert_eq!(events_due(0.0, 20.0), 1, "event 0 is due at the start");
+        assert_eq!(events_due(0.049, 20.0), 1);
+        assert_eq!(events_due(0.051, 20.0), 2, "event 1 is due at 50 ms");
+        assert_eq!(events_due(1.001, 20.0), 21);
+        assert_eq!(events_due(5.0, 0.0), 0, "rate 0 publishes nothing");
+    }
 }
