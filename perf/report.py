@@ -740,6 +740,15 @@ def s4_rate(r):
     return get(r, "loadgen", "delivery", "deliveries_per_s") if r.get("highest_clean_rate") else None
 
 
+def slow_dropped(r):
+    """(slow clients whose stream the server ended, slow clients connected), or None."""
+    slow = get(r, "loadgen", "slow")
+    if not slow or not slow.get("clients"):
+        return None
+    d = slow["disconnects"]
+    return (d["lapped"] + d["closed"] + d["error"] + d["timeout"], slow["connected"])
+
+
 GOALS = [
     Goal("S1", "server RSS per idle connection", "≤ 2 KiB",
          lambda r: get(r, "server_stats", "rss_per_connection_bytes"), lambda v: f"{v/1024:.2f} KiB",
@@ -768,6 +777,8 @@ GOALS = [
          lambda r: get(r, "loadgen", "delivery", "deliveries_per_s"), fmt_rate, lambda v, r: delivered_all(r)),
     Goal("S5", "normal clients: latency p99", "≤ 250 ms (as S3)", lambda r: get(r, "loadgen", "latency", "p99_us"),
          lambda v: f"{fmt_ms(v)} ms", lambda v, r: v <= 250_000),
+    Goal("S5", "slow clients disconnected (lapped or write timeout) before the run ends", "all",
+         slow_dropped, lambda v: f"{v[0]}/{v[1]}", lambda v, r: v[1] > 0 and v[0] == v[1]),
     Goal("L", "server CPU per delivery", "≤ 9 µs", lambda r: get(r, "server_stats", "cpu_per_delivery_us"),
          lambda v: f"{v:.2f} µs", lambda v, r: v <= 9.0),
     Goal("L", "latency p50", "≤ 5 ms", lambda r: get(r, "loadgen", "latency", "p50_us"),

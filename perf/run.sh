@@ -445,14 +445,16 @@ run_scenario() { # SETUP SCENARIO
             case $scen in
                 S2) clients=$(q 1000 200); rate=1000; duration=$(q 10 3) ;;
                 S3) clients=$(q 10000 1000); rate=100; duration=$(q 10 3) ;;
-                S5) clients=$(q 10000 1000); rate=100; duration=$(q 30 4) ;;
+                S5) clients=$(q 10000 1000); rate=100; duration=$(q 60 4) ;;
                 L) clients=$(q 1000 200); rate=20; duration=$(q 20 3) ;;
             esac
             warmup=$(q 2 1)
             local slow=()
             # Slow clients never read; a 4 KiB receive buffer makes their backlog reach the
-            # server sooner. With ringcast's defaults (256 KiB send buffer, ring of 1,024
-            # frames) they are dropped ~30 s into the run.
+            # server sooner. With ringcast's defaults (a 256 KiB send buffer, which Linux
+            # doubles to 512 KiB: ~3,300 frames of this size; a ring of 1,024 frames; 10 s
+            # write timeout) their sockets fill ~33 s into the run and they are dropped ~10 s
+            # later, hence 60 s.
             [[ $scen == S5 ]] && slow=(--slow-fraction 0.01 --slow-recv-buffer 4096)
             PARAMS=("param_clients=$clients" "param_rate=$rate" "param_warmup_s=$warmup" "param_duration_s=$duration")
             [[ $scen == S5 ]] && PARAMS+=("param_slow_fraction=0.01")
