@@ -80,6 +80,17 @@ run_one() {
         sleep 0.1
     done
     ((i < 100)) || die "the server did not listen on $port within 10 s (see $OUT/tmp-auth-server.log)"
+    if [[ $setup == jwt ]]; then
+        # The server must refuse a subscriber without a token, or the comparison is void.
+        python3 - "$port" <<'EOF' || die "with --jwt-secret, a subscribe without a token was not refused with 401"
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/events?topic=lg-0", timeout=5)
+except urllib.error.HTTPError as error:
+    sys.exit(0 if error.code == 401 else 1)
+sys.exit(1)
+EOF
+    fi
     local cpu0 t0 json=$OUT/$RUN-auth-$setup-$round.json
     cpu0=$(cpu_seconds "$SERVER_PID")
     t0=$EPOCHREALTIME
