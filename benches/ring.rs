@@ -109,6 +109,33 @@ fn publish_ringcast(iters: u64, n: usize) -> Duration {
     total
 }
 
+/// `publish_ringcast` with one reader, but before each timed publish it writes over a buffer
+/// as large as this machine's L2 cache (4 MiB), untimed: the publish then runs with cold
+/// caches and no other reader. What cache state alone can add to a publish, the bound for
+/// `ringcast/10000`, whose re-parking of 10,000 readers evicts part of the same lines
+/// (`perf/publish-callgrind.sh` counts the instructions and misses).
+fn publish_ringcast_evicted(iters: u64) -> Duration {
+    let (ring, mut dispatcher) = Ring::<Bytes>::new(CAPACITY);
+    let mut cursors = vec![ring.subscribe()];
+    let mut out = Vec::with_capacity(CAPACITY);
+    let mut pollution = vec![0u8; 4 << 20];
+    let frame = frame();
+    let mut total = Duration::ZERO;
+    for round in 0..iters {
+        assert!(!poll_dispatcher(&mut dispatcher), "the ring is open");
+        park_all(&mut cursors, &mut out);
+        for line in pollution.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(round as u8);
+        }
+        black_box(&mut pollution);
+        let value = frame.clone();
+        let start = Instant::now();
+        black_box(ring.publish(value));
+        total += start.elapsed();
+    }
+    total
+}
+
 /// Parks `n` ringcast readers and publishes once, untimed, then times the dispatcher's poll that
 /// wakes them; per iteration.
 fn dispatch_wake_ringcast(iters: u64, n: usize) -> Duration {
@@ -171,6 +198,7 @@ fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     group.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     group.bench_function(BenchmarkId::new("timer_floor", 0), |b| b.iter_custom(timer_floor));
+    group.bench_function(BenchmarkId::new("ringcast_l2_evicted", 1), |b| b.iter_custom(publish_ringcast_evicted));
     for n in PUBLISH_READERS {
         group.bench_function(BenchmarkId::new("ringcast", n), |b| b.iter_custom(|iters| publish_ringcast(iters, n)));
         group
