@@ -810,9 +810,8 @@ def integrity(r):
     if lg["connect"]["failed"]:
         text += f"; {lg['connect']['failed']} connect failures"
     if lg["slow"]["clients"]:
-        d = lg["slow"]["disconnects"]
-        dropped = d["lapped"] + d["closed"] + d["error"] + d["timeout"]
-        text += f"; slow: {dropped}/{lg['slow']['connected']} dropped ({d['lapped']} lapped)"
+        dropped, connected = slow_dropped(r)
+        text += f"; slow: {dropped}/{connected} dropped ({lg['slow']['disconnects']['lapped']} lapped)"
     return text
 
 

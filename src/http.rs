@@ -229,9 +229,8 @@ async fn route(
 /// Ring depth for `/metrics`: frames held over all topics, and the fullest ring's fill.
 fn set_ring_gauges(ctx: &Ctx) {
     let topics = ctx.hub.topic_stats();
-    let held = |t: &crate::hub::TopicStats| t.published.min(t.capacity as u64);
-    let frames: u64 = topics.iter().map(held).sum();
-    let fill = topics.iter().map(|t| held(t) * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
+    let frames: u64 = topics.iter().map(crate::hub::TopicStats::held).sum();
+    let fill = topics.iter().map(|t| t.held() * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
     ctx.metrics.ring_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
     ctx.metrics.ring_fill_max.set(i64::try_from(fill).unwrap_or(i64::MAX));
 }

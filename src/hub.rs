@@ -306,6 +306,13 @@ pub struct TopicStats {
     pub capacity: usize,
 }
 
+impl TopicStats {
+    /// Frames its ring holds: every event published to it, up to the capacity.
+    pub fn held(&self) -> u64 {
+        self.published.min(self.capacity as u64)
+    }
+}
+
 /// A topic: its ring and bookkeeping.
 #[derive(Debug)]
 pub(crate) struct Topic {

@@ -57,7 +57,7 @@ pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
                     "name": topic.name,
                     "subscribers": topic.subscribers,
                     "published": topic.published,
-                    "ring_fill": topic.published.min(topic.capacity as u64) as f64 / topic.capacity.max(1) as f64,
+                    "ring_fill": topic.held() as f64 / topic.capacity.max(1) as f64,
                     "publish_per_s": round(rate(topic.published, before)),
                 })
             })
