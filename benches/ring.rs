@@ -91,22 +91,7 @@ fn park_all(cursors: &mut [Cursor<Bytes>], out: &mut Vec<Arc<Entry<Bytes>>>) {
 
 /// Parks `n` ringcast readers, then times one publish; per iteration.
 fn publish_ringcast(iters: u64, n: usize) -> Duration {
-    let (ring, mut dispatcher) = Ring::<Bytes>::new(CAPACITY);
-    let mut cursors: Vec<_> = (0..n).map(|_| ring.subscribe()).collect();
-    let mut out = Vec::with_capacity(CAPACITY);
-    let frame = frame();
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        // Untimed: wake what the last publish left parked and register the dispatcher's waker
-        // (spawned, it would have been polled by now), then let every reader drain and park.
-        assert!(!poll_dispatcher(&mut dispatcher), "the ring is open");
-        park_all(&mut cursors, &mut out);
-        let value = frame.clone();
-        let start = Instant::now();
-        black_box(ring.publish(value));
-        total += start.elapsed();
-    }
-    total
+    time_publishes(iters, n, |_| {})
 }
 
 /// `publish_ringcast` with one reader, but before each timed publish it writes over a buffer
@@ -115,19 +100,30 @@ fn publish_ringcast(iters: u64, n: usize) -> Duration {
 /// `ringcast/10000`, whose re-parking of 10,000 readers evicts part of the same lines
 /// (`perf/publish-callgrind.sh` counts the instructions and misses).
 fn publish_ringcast_evicted(iters: u64) -> Duration {
-    let (ring, mut dispatcher) = Ring::<Bytes>::new(CAPACITY);
-    let mut cursors = vec![ring.subscribe()];
-    let mut out = Vec::with_capacity(CAPACITY);
     let mut pollution = vec![0u8; 4 << 20];
-    let frame = frame();
-    let mut total = Duration::ZERO;
-    for round in 0..iters {
-        assert!(!poll_dispatcher(&mut dispatcher), "the ring is open");
-        park_all(&mut cursors, &mut out);
+    time_publishes(iters, 1, |round| {
         for line in pollution.chunks_mut(64) {
             line[0] = line[0].wrapping_add(round as u8);
         }
         black_box(&mut pollution);
+    })
+}
+
+/// The publish loop of the `publish` group: `iters` rounds of (untimed) waking what the last
+/// publish left parked, parking all `n` readers again and running `between`, then one timed
+/// publish.
+fn time_publishes(iters: u64, n: usize, mut between: impl FnMut(u64)) -> Duration {
+    let (ring, mut dispatcher) = Ring::<Bytes>::new(CAPACITY);
+    let mut cursors: Vec<_> = (0..n).map(|_| ring.subscribe()).collect();
+    let mut out = Vec::with_capacity(CAPACITY);
+    let frame = frame();
+    let mut total = Duration::ZERO;
+    for round in 0..iters {
+        // Untimed: wake what the last publish left parked and register the dispatcher's waker
+        // (spawned, it would have been polled by now), then let every reader drain and park.
+        assert!(!poll_dispatcher(&mut dispatcher), "the ring is open");
+        park_all(&mut cursors, &mut out);
+        between(round);
         let value = frame.clone();
         let start = Instant::now();
         black_box(ring.publish(value));
