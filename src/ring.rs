@@ -4,7 +4,8 @@
 //! - [`Ring`] is the producer handle ([`Ring::publish`]); clone it for more producers.
 //! - [`Cursor`] is one reader's position ([`Cursor::recv_many`] takes every ready entry at once).
 //! - [`Dispatcher`] is the future that wakes parked readers; spawn it next to the ring.
-//! - `waiters` is the lock-free stack of parked readers (the only `unsafe` in the crate).
+//! - `slot` is one slot (a split reference count) and the spare entry a publish reuses;
+//!   `waiters` is the lock-free stack of parked readers. The crate's only `unsafe` is in these two.
 //!
 //! # Algorithm
 //! Publishing claims the next sequence number `s` with one `fetch_add` on `tail` and stores
@@ -21,10 +22,10 @@
 //!
 //! The per-slot sequence check is that of Vyukov's bounded MPMC queue (also crossbeam's
 //! `ArrayQueue` stamps), turned into a broadcast: slots are never consumed, only overwritten,
-//! and each reader owns its cursor, so readers never write shared state while reading.
-//! Entries are `Arc`s swapped in and out with `arc_swap` (lock-free loads and stores with safe
-//! reclamation), so a reader's copy is one reference-count increment and frame bytes are never
-//! copied.
+//! and each reader owns its cursor. Entries are `Arc`s held by slots (`slot::Slot`), words that
+//! pack the pointer with a count of readers in flight (a split reference count: lock-free loads
+//! and stores with safe reclamation, see `slot`), so a reader's copy is one reference-count
+//! increment and frame bytes are never copied.
 //!
 //! Waking: a reader that finds nothing pushes its wait node onto `waiters` (once per sleep),
 //! then looks again. A publisher that sees a non-empty `waiters` wakes the [`Dispatcher`],
@@ -40,22 +41,27 @@
 //! - A reader's `next_seq` only increases: by one per entry delivered, by `missed` per lap.
 //!   Hence every sequence number is delivered at most once and, if not delivered, counted in
 //!   exactly one `Lagged { missed }`: no duplicate, no silent gap.
-//! - The ring holds at most `capacity` entries; an entry lives on after being overwritten only
-//!   while a reader holds a clone of it (for the duration of one write, in the server).
+//! - The ring holds at most `capacity` entries, plus the spare: the last displaced entry that
+//!   nothing held, kept (with its frame) until the next publish reuses it. An entry lives on
+//!   after being overwritten only while a reader holds a clone of it (for the duration of one
+//!   write, in the server).
 //! - `publish` does O(1) work whatever the number of readers: one `fetch_add`, one slot store,
-//!   one fence, one load, and at most one `AtomicWaker` wake.
+//!   one fence, one load, and at most one `AtomicWaker` wake; it allocates only when there is
+//!   no spare entry (the first lap, or while readers still hold the displaced entry).
 //!
 //! # Memory ordering
 //! | op | ordering | pairs with | why |
 //! |---|---|---|---|
 //! | `tail.fetch_add` in `publish` | Relaxed | — | the claim must be unique, nothing else; the entry is published by the slot store |
-//! | slot store in `publish` / load in `Cursor` | arc-swap (SeqCst inside) | each other | an entry seen is fully built |
+//! | slot store in `publish` / load in `Cursor` | AcqRel / Acquire (see `slot`) | each other | an entry seen is fully built |
 //! | `fence(SeqCst)` in `publish`, between store and `has_waiters` | SeqCst | fence in `Cursor::poll_ready` | store-buffer litmus: either the reader's re-check sees the entry or the publisher sees the parked node |
 //! | `fence(SeqCst)` in `close`, between `closed` store and `wake_all` | SeqCst | same fence | either the reader sees `closed` or `close` wakes it |
 //! | `closed.store(true)` | Release | `closed.load` in cursors and dispatcher | all stores made before closing are seen by a reader that sees `closed` |
 //! | `handles.fetch_sub` | AcqRel | itself | the last producer handle to drop sees the others' stores before it closes (as `Arc::drop`) |
 //! | `tail.load` in `subscribe`, `cursor_at`, lapped skip | Relaxed | — | any recent value is a valid starting point; slots are checked by their own `seq` |
 
+#[expect(unsafe_code, reason = "the slot's split reference count; each block has a SAFETY comment")]
+mod slot;
 #[expect(unsafe_code, reason = "the lock-free waiter stack; each block has a SAFETY comment")]
 mod waiters;
 
@@ -72,8 +78,9 @@ use std::task::{Context, Poll};
 
 use crossbeam_utils::CachePadded;
 
+use self::slot::{Slot, Spare};
 use self::waiters::{WaitNode, Waiters};
-use crate::sync::{Arc, ArcCell, AtomicBool, AtomicU64, AtomicUsize, WakerCell, fence};
+use crate::sync::{Arc, AtomicBool, AtomicI64, AtomicU64, AtomicUsize, WakerCell, fence};
 
 /// The largest capacity a ring accepts (2^24 slots, 128 MiB of slot pointers).
 pub const MAX_CAPACITY: usize = 1 << 24;
@@ -83,6 +90,9 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 pub struct Entry<T> {
     seq: u64,
     value: T,
+    /// Readers still in flight on this entry when a publisher displaced it from its slot
+    /// (see `slot`); zero until then.
+    retire: AtomicI64,
 }
 
 impl<T> Entry<T> {
@@ -156,22 +166,32 @@ pub enum Lookup<T> {
 struct Shared<T> {
     /// Slot `i` holds the newest entry stored with `seq & mask == i`. Written by publishers
     /// (monotone `store_if`), read by cursors. All empty at start.
-    slots: Box<[ArcCell<Entry<T>>]>,
+    slots: Box<[Slot<T>]>,
     /// `capacity - 1`; capacity is a power of two.
     mask: u64,
-    /// The next sequence number to claim. Incremented by every publisher; read by
-    /// `subscribe`, `cursor_at` and lapped readers only. Starts at 0.
-    tail: CachePadded<AtomicU64>,
-    /// Readers waiting for an entry. Pushed by cursors, emptied by the dispatcher.
-    waiters: Waiters,
-    /// The dispatcher task. Registered by `Dispatcher::poll`, woken by publishers and `close`.
-    dispatcher: WakerCell,
+    /// What a publish writes, on a cache line of its own.
+    hot: CachePadded<Hot<T>>,
     /// Set once by `close`; never cleared.
     closed: AtomicBool,
     /// Live `Ring` handles; the last one to drop closes the ring.
     handles: AtomicUsize,
     /// Live cursors (statistics only: Relaxed).
     cursors: AtomicUsize,
+}
+
+/// The fields every publish touches, kept on one cache line: a publish that finds the line
+/// where the last parked reader left it (it pushed onto `waiters`) misses nothing else here.
+/// The slots' table and the read-mostly fields that every reader loads stay off this line.
+struct Hot<T> {
+    /// The next sequence number to claim. Incremented by every publisher; read by
+    /// `subscribe`, `cursor_at` and lapped readers only. Starts at 0.
+    tail: AtomicU64,
+    /// Readers waiting for an entry. Pushed by cursors, emptied by the dispatcher.
+    waiters: Waiters,
+    /// The dispatcher task. Registered by `Dispatcher::poll`, woken by publishers and `close`.
+    dispatcher: WakerCell,
+    /// A displaced entry that nothing holds any more, for the next publish to reuse.
+    spare: Spare<T>,
 }
 
 impl<T> Shared<T> {
@@ -188,13 +208,26 @@ impl<T> Shared<T> {
         })
     }
 
+    /// A new entry: the spare one if there is one (unique, see `Spare`; its `retire` is back
+    /// at 0, since that counter's operations sum to zero), else a fresh allocation.
+    fn entry(&self, seq: u64, value: T) -> Arc<Entry<T>> {
+        if let Some(mut spare) = self.hot.spare.take() {
+            if let Some(reused) = Arc::get_mut(&mut spare) {
+                reused.seq = seq;
+                reused.value = value; // drops the frame it held one lap ago
+                return spare;
+            }
+        }
+        Arc::new(Entry { seq, value, retire: AtomicI64::new(0) })
+    }
+
     fn close(&self) {
         // Release: see the ordering table (`closed.store`).
         self.closed.store(true, Release);
         // SeqCst: see the ordering table (`fence` in `close`).
         fence(SeqCst);
-        self.waiters.wake_all();
-        self.dispatcher.wake();
+        self.hot.waiters.wake_all();
+        self.hot.dispatcher.wake();
     }
 }
 
@@ -211,13 +244,16 @@ impl<T> Ring<T> {
     /// `1..=MAX_CAPACITY`, and the dispatcher that must run for readers to be woken.
     pub fn new(capacity: usize) -> (Self, Dispatcher<T>) {
         let capacity = capacity.clamp(1, MAX_CAPACITY).next_power_of_two();
-        let slots = (0..capacity).map(|_| ArcCell::empty()).collect();
+        let slots = (0..capacity).map(|_| Slot::empty()).collect();
         let shared = Arc::new(Shared {
             slots,
             mask: capacity as u64 - 1,
-            tail: CachePadded::new(AtomicU64::new(0)),
-            waiters: Waiters::new(),
-            dispatcher: WakerCell::new(),
+            hot: CachePadded::new(Hot {
+                tail: AtomicU64::new(0),
+                waiters: Waiters::new(),
+                dispatcher: WakerCell::new(),
+                spare: Spare::new(),
+            }),
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             cursors: AtomicUsize::new(0),
@@ -232,15 +268,17 @@ impl<T> Ring<T> {
     pub fn publish(&self, value: T) -> u64 {
         let shared = &*self.shared;
         // Relaxed: see the ordering table (`tail.fetch_add`).
-        let seq = shared.tail.fetch_add(1, Relaxed);
-        let entry = Arc::new(Entry { seq, value });
+        let seq = shared.hot.tail.fetch_add(1, Relaxed);
+        let entry = shared.entry(seq, value);
         // { slot: seq - k*cap or empty } -> { slot: seq }, unless a lapping producer already
         // stored a newer one (then this entry counts as overwritten).
-        shared.slots[(seq & shared.mask) as usize].store_if(&entry, |old| old.is_none_or(|old| old.seq < seq));
+        if let Some(displaced) = shared.slots[(seq & shared.mask) as usize].store_newer(entry) {
+            shared.hot.spare.put(displaced);
+        }
         // SeqCst: see the ordering table (`fence` in `publish`).
         fence(SeqCst);
-        if shared.waiters.has_waiters() {
-            shared.dispatcher.wake();
+        if shared.hot.waiters.has_waiters() {
+            shared.hot.dispatcher.wake();
         }
         seq
     }
@@ -248,14 +286,14 @@ impl<T> Ring<T> {
     /// A reader that starts with the next entry to be published.
     pub fn subscribe(&self) -> Cursor<T> {
         // Relaxed: see the ordering table (`tail.load`).
-        let next_seq = self.shared.tail.load(Relaxed);
+        let next_seq = self.shared.hot.tail.load(Relaxed);
         Cursor::new(Arc::clone(&self.shared), next_seq)
     }
 
     /// A reader that starts at `seq`, if the ring may still hold it. O(1).
     pub fn cursor_at(&self, seq: u64) -> Result<Cursor<T>, SeekError> {
         // Relaxed: see the ordering table (`tail.load`).
-        let tail = self.shared.tail.load(Relaxed);
+        let tail = self.shared.hot.tail.load(Relaxed);
         if seq > tail {
             return Err(SeekError::Ahead { seq, tail });
         }
@@ -274,7 +312,7 @@ impl<T> Ring<T> {
     /// The next sequence number to be claimed: everything below it has been claimed.
     pub fn tail(&self) -> u64 {
         // Relaxed: a snapshot for the caller, like `subscribe`.
-        self.shared.tail.load(Relaxed)
+        self.shared.hot.tail.load(Relaxed)
     }
 
     /// The number of slots (a power of two).
@@ -398,7 +436,7 @@ impl<T> Cursor<T> {
     fn skip_lapped(&mut self, newer: u64) -> u64 {
         let capacity = self.shared.capacity();
         // Relaxed: see the ordering table (`tail.load`).
-        let tail = self.shared.tail.load(Relaxed);
+        let tail = self.shared.hot.tail.load(Relaxed);
         // `newer >= next_seq + capacity`, so the new position is strictly ahead.
         let resume = (newer + 1 - capacity).max(tail.saturating_sub(capacity));
         let missed = resume - self.next_seq;
@@ -433,7 +471,7 @@ impl<T> Cursor<T> {
         if self.has_news() {
             return Poll::Ready(());
         }
-        self.shared.waiters.park(&self.node, cx.waker());
+        self.shared.hot.waiters.park(&self.node, cx.waker());
         // SeqCst: see the ordering table (`fence` in `publish` and `close`).
         fence(SeqCst);
         if self.has_news() { Poll::Ready(()) } else { Poll::Pending }
@@ -509,10 +547,10 @@ impl<T> Future for Dispatcher<T> {
         let shared = &*self.shared;
         // Register before emptying the stack: a publisher that sees a node pushed after the
         // swap below will find this registration and wake us.
-        shared.dispatcher.register(cx.waker());
+        shared.hot.dispatcher.register(cx.waker());
         // Acquire: pairs with the Release store in `close`.
         let closed = shared.closed.load(Acquire);
-        shared.waiters.wake_all();
+        shared.hot.waiters.wake_all();
         if closed { Poll::Ready(()) } else { Poll::Pending }
     }
 }
