@@ -54,7 +54,8 @@
 //! |---|---|---|---|
 //! | `tail.fetch_add` in `publish` | Relaxed | — | the claim must be unique, nothing else; the entry is published by the slot store |
 //! | slot store in `publish` / load in `Cursor` | AcqRel / Acquire (see `slot`) | each other | an entry seen is fully built |
-//! | `fence(SeqCst)` in `publish`, between store and `has_waiters` | SeqCst | fence in `Cursor::poll_ready` | store-buffer litmus: either the reader's re-check sees the entry or the publisher sees the parked node |
+//! | slot stamp raise in `publish` / load in `Cursor` | Relaxed (see `slot`) | the fences below | a hint: "ready" is re-checked on the entry; "not yet" is ordered by the fences |
+//! | `fence(SeqCst)` in `publish`, between store and `has_waiters` | SeqCst | fence in `Cursor::poll_ready` | store-buffer litmus: either the reader's re-check sees the entry (and its stamp) or the publisher sees the parked node |
 //! | `fence(SeqCst)` in `close`, between `closed` store and `wake_all` | SeqCst | same fence | either the reader sees `closed` or `close` wakes it |
 //! | `closed.store(true)` | Release | `closed.load` in cursors and dispatcher | all stores made before closing are seen by a reader that sees `closed` |
 //! | `handles.fetch_sub` | AcqRel | itself | the last producer handle to drop sees the others' stores before it closes (as `Arc::drop`) |
@@ -200,8 +201,16 @@ impl<T> Shared<T> {
     }
 
     fn lookup(&self, seq: u64) -> Lookup<T> {
-        let index = (seq & self.mask) as usize;
-        self.slots[index].peek(|entry| match entry {
+        let slot = &self.slots[(seq & self.mask) as usize];
+        // The stamp answers "not yet" and "overwritten" with one load; only an entry that
+        // should be there is looked at (which registers on the slot word).
+        match slot.newest() {
+            None => return Lookup::NotYet,
+            Some(newest) if newest < seq => return Lookup::NotYet,
+            Some(newest) if newest > seq => return Lookup::Overwritten(newest),
+            Some(_) => {}
+        }
+        slot.peek(|entry| match entry {
             Some(entry) if entry.seq == seq => Lookup::Ready(Arc::clone(entry)),
             Some(entry) if entry.seq > seq => Lookup::Overwritten(entry.seq),
             _ => Lookup::NotYet,

@@ -194,7 +194,7 @@ fn lapping_and_closing_wake_a_parked_reader() {
 /// displaces through the spare, while a lapped publisher tries to store an older entry and two
 /// readers peek twice each, keeping clones. Every interleaving: a reader never sees a torn
 /// entry or a sequence go back; a clone reads right after any number of stores; the older entry
-/// never replaces a newer one; and loom's `Arc` registry proves each entry is dropped exactly
+/// never replaces a newer one, nor lowers the stamp; and loom's `Arc` registry proves each entry is dropped exactly
 /// once (never while a reader is registered on it: `Arc::from_raw` on a freed entry panics).
 #[test]
 fn slot_reclaims_each_entry_once_with_readers_in_flight() {
@@ -254,5 +254,6 @@ fn slot_reclaims_each_entry_once_with_readers_in_flight() {
             assert!(reader.join().expect("reader"), "a kept clone changed under its reader");
         }
         assert_eq!(cell.0.peek(|entry| entry.map(|entry| entry.seq)), Some(5), "the newest entry stays");
+        assert_eq!(cell.0.newest(), Some(5), "the stamp names the newest entry");
     });
 }

@@ -81,6 +81,10 @@ pub(crate) struct Slot<T> {
     /// `(registrations << 48) | pointer`; pointer 0 is "empty". The pointer came from
     /// `Arc::into_raw` and the slot owns that strong count.
     word: AtomicU64,
+    /// 1 + the newest sequence stored here (0: never stored), raised after each store. A hint
+    /// that lets a reader tell "not yet" and "overwritten" with a plain load, without
+    /// registering: only a reader that expects its entry registers (see `Slot::newest`).
+    stamp: AtomicU64,
     /// The slot owns an `Arc<Entry<T>>`: Send/Sync and drop-check as if it held one.
     _owns: PhantomData<Arc<Entry<T>>>,
 }
@@ -102,7 +106,18 @@ fn in_flight_others(word: u64) -> i64 {
 impl<T> Slot<T> {
     /// An empty slot.
     pub(crate) fn empty() -> Self {
-        Self { word: AtomicU64::new(0), _owns: PhantomData }
+        Self { word: AtomicU64::new(0), stamp: AtomicU64::new(0), _owns: PhantomData }
+    }
+
+    /// The newest sequence stored here, or being stored (its store done, its stamp maybe not
+    /// yet raised), or `None` if none was. Never ahead of the stored entry: a stamp is raised
+    /// only after its entry's store, and only upwards (`fetch_max`), so "older than `c`" means
+    /// `c` is not stored yet and "newer than `c`" means `c` is gone for good (a slot never
+    /// takes an older entry). Equal to `c` is confirmed by `peek`, which reads the entry itself.
+    pub(crate) fn newest(&self) -> Option<u64> {
+        // Relaxed: a hint; "ready" is re-checked under registration, and a reader that parks
+        // on "not yet" is ordered against the store by the ring's SeqCst fences.
+        self.stamp.load(Relaxed).checked_sub(1)
     }
 
     /// Calls `f` with the entry held now (clone the `Arc` to keep it). Lock-free: two atomic
@@ -174,6 +189,9 @@ impl<T> Slot<T> {
             // retry reads the entry that another publisher stored.
             match self.word.compare_exchange(word, new_word, AcqRel, Acquire) {
                 Ok(_) => {
+                    // Relaxed: see `newest`. `fetch_max`: a lapped publisher's late raise must
+                    // not lower the stamp below the entry that displaced its own.
+                    self.stamp.fetch_max(seq + 1, Relaxed);
                     if old.is_null() {
                         return None;
                     }
