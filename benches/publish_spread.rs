@@ -68,35 +68,42 @@ fn idle_gap() {
     }
 }
 
+/// Measures one setup unless `filter` (the first argument that is not a flag) leaves it out.
+fn measure(filter: Option<&str>, name: &'static str, n: usize, calls: u64, between: impl FnMut()) -> Option<Spread> {
+    if filter.is_some_and(|filter| !name.contains(filter)) {
+        return None;
+    }
+    let spread = Spread::measure(name, n, calls, between);
+    spread.print();
+    Some(spread)
+}
+
 fn main() {
     const CALLS: u64 = 2_000;
+    // `cargo bench` passes `--bench`; anything else is a filter on the setup's name
+    // (`perf/publish-callgrind.sh` runs one setup at a time).
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    let filter = filter.as_deref();
     let period = PUBLISH_PERIOD.as_secs_f64() * 1e3;
     println!("single `Ring::publish` times, ns (period {period} ms)\n");
     println!("| setup | min | p10 | p50 | p90 | p99 | max | mean |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let back_to_back = Spread::measure("1 reader, back to back", 1, 10 * CALLS, || {});
-    back_to_back.print();
-    let gap = Spread::measure("1 reader, idle spin of one period", 1, CALLS, idle_gap);
-    gap.print();
+    let back_to_back = measure(filter, "1 reader, back to back", 1, 10 * CALLS, || {});
+    measure(filter, "1 reader, idle spin of one period", 1, CALLS, idle_gap);
     let mut next = Instant::now();
-    let one = Spread::measure("1 reader, paced", 1, CALLS, || pace(&mut next));
-    one.print();
-    let many_back_to_back = Spread::measure("10,000 readers, back to back", 10_000, CALLS, || {});
-    many_back_to_back.print();
+    let one = measure(filter, "1 reader, paced", 1, CALLS, || pace(&mut next));
+    let many_back_to_back = measure(filter, "10,000 readers, back to back", 10_000, CALLS, || {});
     let mut next = Instant::now();
-    let many = Spread::measure("10,000 readers, paced", 10_000, CALLS, || pace(&mut next));
-    many.print();
+    let many = measure(filter, "10,000 readers, paced", 10_000, CALLS, || pace(&mut next));
     println!();
-    for (q, label) in [(500, "p50"), (900, "p90")] {
-        println!(
-            "{label}: 10,000 paced / 1 paced = {:.2}; 10,000 back to back / 1 back to back = {:.2}",
-            many.quantile(q) as f64 / one.quantile(q) as f64,
-            many_back_to_back.quantile(q) as f64 / back_to_back.quantile(q) as f64,
-        );
+    for (label, many, one) in [("paced", &many, &one), ("back to back", &many_back_to_back, &back_to_back)] {
+        if let (Some(many), Some(one)) = (many, one) {
+            println!(
+                "10,000 / 1 reader, {label}: p50 {:.2}, p90 {:.2}, mean {:.2}",
+                many.quantile(500) as f64 / one.quantile(500) as f64,
+                many.quantile(900) as f64 / one.quantile(900) as f64,
+                many.mean() / one.mean(),
+            );
+        }
     }
-    println!(
-        "mean: 10,000 paced / 1 paced = {:.2}; 10,000 back to back / 1 back to back = {:.2}",
-        many.mean() / one.mean(),
-        many_back_to_back.mean() / back_to_back.mean()
-    );
 }
