@@ -166,7 +166,7 @@ pub enum Lookup<T> {
 
 struct Shared<T> {
     /// Slot `i` holds the newest entry stored with `seq & mask == i`. Written by publishers
-    /// (monotone `store_if`), read by cursors. All empty at start.
+    /// (monotone `Slot::store_newer`), read by cursors. All empty at start.
     slots: Box<[Slot<T>]>,
     /// `capacity - 1`; capacity is a power of two.
     mask: u64,
@@ -217,17 +217,11 @@ impl<T> Shared<T> {
         })
     }
 
-    /// A new entry: the spare one if there is one (unique, see `Spare`; its `retire` is back
-    /// at 0, since that counter's operations sum to zero), else a fresh allocation.
-    fn entry(&self, seq: u64, value: T) -> Arc<Entry<T>> {
-        if let Some(mut spare) = self.hot.spare.take() {
-            if let Some(reused) = Arc::get_mut(&mut spare) {
-                reused.seq = seq;
-                reused.value = value; // drops the frame it held one lap ago
-                return spare;
-            }
-        }
-        Arc::new(Entry { seq, value, retire: AtomicI64::new(0) })
+    /// Whether `seq` has been stored (it may since have been overwritten), by the stamp
+    /// alone: what `lookup` would answer with anything but `NotYet`, without registering on
+    /// the slot or cloning the entry.
+    fn stored(&self, seq: u64) -> bool {
+        self.slots[(seq & self.mask) as usize].newest().is_some_and(|newest| newest >= seq)
     }
 
     fn close(&self) {
@@ -278,7 +272,7 @@ impl<T> Ring<T> {
         let shared = &*self.shared;
         // Relaxed: see the ordering table (`tail.fetch_add`).
         let seq = shared.hot.tail.fetch_add(1, Relaxed);
-        let entry = shared.entry(seq, value);
+        let entry = shared.hot.spare.entry(seq, value);
         // { slot: seq - k*cap or empty } -> { slot: seq }, unless a lapping producer already
         // stored a newer one (then this entry counts as overwritten).
         if let Some(displaced) = shared.slots[(seq & shared.mask) as usize].store_newer(entry) {
@@ -514,7 +508,7 @@ impl<T> Cursor<T> {
 
     fn has_news(&self) -> bool {
         // Acquire: pairs with the Release store in `close`.
-        self.shared.closed.load(Acquire) || !matches!(self.shared.lookup(self.next_seq), Lookup::NotYet)
+        self.shared.closed.load(Acquire) || self.shared.stored(self.next_seq)
     }
 
     /// Waits for at least one entry and appends up to `max` ready ones to `out`.

@@ -198,21 +198,12 @@ fn lapping_and_closing_wake_a_parked_reader() {
 /// once (never while a reader is registered on it: `Arc::from_raw` on a freed entry panics).
 #[test]
 fn slot_reclaims_each_entry_once_with_readers_in_flight() {
-    use super::Entry;
     use super::slot::{Slot, Spare};
-    use crate::sync::{Arc, AtomicI64};
+    use crate::sync::Arc;
 
     fn store(slot: &Slot<u64>, spare: &Spare<u64>, seq: u64) {
-        let entry = match spare.take() {
-            Some(mut entry) => {
-                let reused = Arc::get_mut(&mut entry).expect("a spare entry is unique");
-                reused.seq = seq;
-                reused.value = seq * 10;
-                entry
-            }
-            None => Arc::new(Entry { seq, value: seq * 10, retire: AtomicI64::new(0) }),
-        };
-        if let Some(displaced) = slot.store_newer(entry) {
+        // The ring's publish path: reuse or allocate, store, keep what was displaced.
+        if let Some(displaced) = slot.store_newer(spare.entry(seq, seq * 10)) {
             spare.put(displaced);
         }
     }

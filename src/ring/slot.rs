@@ -59,7 +59,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use super::Entry;
-use crate::sync::{Arc, AtomicPtr, AtomicU64};
+use crate::sync::{Arc, AtomicI64, AtomicPtr, AtomicU64};
 
 /// `assert!` in the loom models (which build in release mode), `debug_assert!` elsewhere: the
 /// count checks below are what a broken protocol would trip first.
@@ -127,16 +127,11 @@ impl<T> Slot<T> {
         let word = self.word.fetch_add(ONE, Acquire);
         check!(count(word) < (1 << (64 - PTR_BITS)) - 1, "registration count overflow");
         let ptr = pointer::<T>(word);
-        if ptr.is_null() {
-            let result = f(None);
-            self.deregister(ptr);
-            return result;
-        }
-        // SAFETY: `ptr` came from `Arc::into_raw` in `store_newer`, and this thread is
-        // registered on it, so the slot's strong count has not been dropped (invariant 2): the
-        // `Arc` is valid. `ManuallyDrop` keeps that count the slot's; `f` clones if it keeps.
-        let entry = ManuallyDrop::new(unsafe { Arc::from_raw(ptr) });
-        let result = f(Some(&entry));
+        // SAFETY: a non-null `ptr` came from `Arc::into_raw` in `store_newer`, and this thread
+        // is registered on it, so the slot's strong count has not been dropped (invariant 2):
+        // the `Arc` is valid. `ManuallyDrop` keeps that count the slot's; `f` clones if it keeps.
+        let entry = (!ptr.is_null()).then(|| ManuallyDrop::new(unsafe { Arc::from_raw(ptr) }));
+        let result = f(entry.as_deref());
         self.deregister(ptr);
         result
     }
@@ -249,8 +244,24 @@ impl<T> Spare<T> {
         Self { ptr: AtomicPtr::new(std::ptr::null_mut()), _owns: PhantomData }
     }
 
-    /// Takes the spare entry, if there is one: unique, so the caller may `Arc::get_mut` it.
-    pub(crate) fn take(&self) -> Option<Arc<Entry<T>>> {
+    /// A new entry for `seq`: the spare one rewritten in place if there is one, else a fresh
+    /// allocation.
+    pub(crate) fn entry(&self, seq: u64, value: T) -> Arc<Entry<T>> {
+        if let Some(mut spare) = self.take() {
+            let unique = Arc::get_mut(&mut spare);
+            check!(unique.is_some(), "a spare entry is unique");
+            if let Some(reused) = unique {
+                // `retire` is back at 0: that counter's operations sum to zero.
+                reused.seq = seq;
+                reused.value = value; // drops the frame it held one lap ago
+                return spare;
+            }
+        }
+        Arc::new(Entry { seq, value, retire: AtomicI64::new(0) })
+    }
+
+    /// Takes the spare entry, if there is one.
+    fn take(&self) -> Option<Arc<Entry<T>>> {
         // Acquire: pairs with the AcqRel swap in `put`, so the entry's last writes are seen.
         let ptr = self.ptr.swap(std::ptr::null_mut(), Acquire);
         // SAFETY: a non-null pointer came from `Arc::into_raw` in `put` and the swap made this
