@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ringcast::frame::Event;
+use ringcast::wire::frame::Event;
 
 /// `data` sizes measured, with their labels.
 const SIZES: [(&str, usize); 2] = [("100B", 100), ("4KiB", 4096)];

@@ -25,16 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let hub = Hub::new(HubConfig { tick: config.tick(), ..HubConfig::default() }, Arc::new(Metrics::default()))?;
 
     // An in-process producer: publishes the time every second; restarted if it fails.
-    hub.spawn_producer("clock", |hub| async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            interval.tick().await;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            hub.publish(&Publish { topics: &["clock"], event: Some("time"), data: &now.to_string(), retry: None })?;
-        }
-    });
+    ringcast::producer::spawn(&hub, "clock", clock);
 
-    let ringcast = ringcast::http::Service::new(hub.clone(), config)?;
+    let ringcast = ringcast::server::http::Service::new(hub.clone(), config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await.context("bind 127.0.0.1:8081")?;
     let seconds: u64 = std::env::var("EMBED_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     println!("serving on http://127.0.0.1:8081 for {seconds} s (/events?topic=clock, /publish, /hello)");
@@ -67,4 +60,14 @@ async fn main() -> anyhow::Result<()> {
     }
     hub.shutdown();
     Ok(())
+}
+
+/// Publishes the time on `clock` every second.
+async fn clock(hub: Hub) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        hub.publish(&Publish { topics: &["clock"], event: Some("time"), data: &now.to_string(), retry: None })?;
+    }
 }

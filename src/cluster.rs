@@ -34,7 +34,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::hub::{EventId, Gap, Hub, Mode, Publish, PublishError};
-use crate::publish::OwnedPublish;
+use crate::wire::publish::OwnedPublish;
 
 /// Settings of cluster mode.
 #[derive(Debug, Clone)]
@@ -193,7 +193,7 @@ impl Cluster {
     /// Redis accepted them.
     pub async fn publish(&self, events: &[OwnedPublish]) -> Result<Vec<EventId>, ClusterError> {
         let mut topics = Vec::new();
-        let views = crate::publish::views(events, &mut topics);
+        let views = Publish::borrow_all(events, &mut topics);
         self.hub.validate(&views, views.len() > 1)?;
         let mut pipe = redis::pipe();
         pipe.atomic();

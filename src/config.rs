@@ -1,5 +1,6 @@
 //! Command-line and environment configuration of the server binary (clap). Every limit has
-//! a flag and a `RINGCAST_*` variable; `ringcast --help` documents each.
+//! a flag and a `RINGCAST_*` variable; `ringcast --help` documents each. Durations take a
+//! unit (`2s`, `500ms`, `1m`, `1h 30m`); a bare number means seconds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,9 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::{AuthConfig, JwtKey, Pattern};
 use crate::hub::HubConfig;
-use crate::limits::Rate;
+use crate::security::auth::{AuthConfig, JwtKey, Pattern};
+use crate::security::limits::Rate;
 use crate::security::{SecurityConfig, TlsFiles};
 
 /// Command-line options of the `ringcast` server.
@@ -34,21 +35,22 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_RING_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(2..=(1 << 24)))]
     pub ring_capacity: u32,
 
-    /// Seconds between heartbeat comments on an idle stream.
-    #[arg(long, env = "RINGCAST_HEARTBEAT", default_value_t = 15.0, value_parser = positive_seconds)]
-    pub heartbeat: f64,
+    /// Time between heartbeat comments on an idle stream.
+    #[arg(long, env = "RINGCAST_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub heartbeat: Duration,
 
     /// Reconnection delay hinted to clients (`retry:`), in milliseconds.
     #[arg(long, env = "RINGCAST_RETRY_MS", default_value_t = 3000)]
     pub retry_ms: u64,
 
-    /// Seconds a socket may accept nothing while frames wait before it is closed.
-    #[arg(long, env = "RINGCAST_WRITE_TIMEOUT", default_value_t = 10.0, value_parser = positive_seconds)]
-    pub write_timeout: f64,
+    /// Time a socket (or an HTTP/2 stream's flow-control window) may accept nothing
+    /// while frames wait before the stream is closed.
+    #[arg(long, env = "RINGCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub write_timeout: Duration,
 
-    /// Seconds after which a topic with no subscribers and no publish is dropped.
-    #[arg(long, env = "RINGCAST_TOPIC_TTL", default_value_t = 300.0, value_parser = positive_seconds)]
-    pub topic_ttl: f64,
+    /// Time after which a topic with no subscribers and no publish is dropped.
+    #[arg(long, env = "RINGCAST_TOPIC_TTL", default_value = "5m", value_parser = duration)]
+    pub topic_ttl: Duration,
 
     /// Topics that may exist at once.
     #[arg(long, env = "RINGCAST_MAX_TOPICS", default_value_t = 1000)]
@@ -79,9 +81,24 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
     pub max_header_bytes: usize,
 
-    /// Seconds a client has to send its request head (slowloris defence).
-    #[arg(long, env = "RINGCAST_HEADER_TIMEOUT", default_value_t = 10.0, value_parser = positive_seconds)]
-    pub header_timeout: f64,
+    /// Time a client has to send a request head (slowloris defence): the whole head of a
+    /// connection's first request, and of each later one from its first byte.
+    #[arg(long, env = "RINGCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+
+    /// Time a publisher has to send a request body (408 beyond; nothing is published).
+    #[arg(long, env = "RINGCAST_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_timeout: Duration,
+
+    /// Most concurrent streams (requests) on one HTTP/2 connection.
+    #[arg(long, env = "RINGCAST_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// Serve `/metrics` and `/health` on this address too, outside the main listener's
+    /// connection limits (monitoring that survives a connection flood, and can be kept off
+    /// the public interface); the main listener then answers `/metrics` with 404.
+    #[arg(long, env = "RINGCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Kernel send buffer of each connection, in bytes (`SO_SNDBUF`; Linux doubles it for
     /// bookkeeping). Bounds the kernel memory a slow client can pin and makes a stuck client
@@ -94,9 +111,9 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_BACKLOG", default_value_t = 16384)]
     pub backlog: i32,
 
-    /// Seconds to wait for streams to close at shutdown.
-    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE", default_value_t = 5.0, value_parser = positive_seconds)]
-    pub shutdown_grace: f64,
+    /// Time to wait for streams to close at shutdown.
+    #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
+    pub shutdown_grace: Duration,
 
     /// HS256 secret that verifies client tokens; setting it (or --jwt-public-key) turns
     /// authorization on. Prefer the environment variable: flags show in `ps`.
@@ -162,9 +179,9 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_PUBLISH_BURST", default_value_t = 20_000.0)]
     pub publish_burst: f64,
 
-    /// Seconds a keep-alive connection with no stream and no request stays open.
-    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
-    pub idle_timeout: f64,
+    /// Time a keep-alive connection with no stream and no request stays open.
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
 
     /// Enable test hooks (`POST /debug/disconnect` drops every stream at once, as a network
     /// failure would). For browser and resilience tests only; never in production.
@@ -189,19 +206,29 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_REDIS_BACKLOG", default_value_t = 10_000)]
     pub redis_backlog: usize,
 
-    /// Seconds allowed for one Redis command; a publish that takes longer gets 503.
-    #[arg(long, env = "RINGCAST_REDIS_TIMEOUT", default_value_t = 1.0, value_parser = positive_seconds)]
-    pub redis_timeout: f64,
+    /// Time allowed for one Redis command; a publish that takes longer gets 503.
+    #[arg(long, env = "RINGCAST_REDIS_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub redis_timeout: Duration,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
 }
 
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value.is_finite() && value > 0.0 && value < 1e9 => Ok(value),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
+/// A positive duration: a number of seconds (`2.5`), or a value with units (`2s`, `500ms`,
+/// `1m`, `1h 30m`, as the `humantime` crate reads them).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Ok(Duration::from_secs_f64(seconds)),
+        Ok(_) => Err(()),
+        Err(_) => humantime::parse_duration(text).map_err(drop),
+    };
+    match parsed {
+        Ok(duration) if !duration.is_zero() && duration < Duration::from_secs(1_000_000_000) => Ok(duration),
+        _ => Err(format!(
+            "`{text}` is not a positive duration: give seconds (`10`) or a value with a unit (`10s`, `500ms`, `2m`)"
+        )),
     }
 }
 
@@ -222,6 +249,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Time allowed for a request head.
     pub header_timeout: Duration,
+    /// Time allowed for a publish request's body.
+    pub body_timeout: Duration,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
     /// Time allowed for streams to close at shutdown.
     pub shutdown_grace: Duration,
     /// `SO_SNDBUF` of each connection (0: kernel autotuning).
@@ -246,6 +277,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_header_bytes: 16 << 10,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 100,
             shutdown_grace: Duration::from_secs(5),
             send_buffer: 256 << 10,
             backlog: 16384,
@@ -257,10 +290,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The hub clock period that serves both the heartbeat and the write timeout: a quarter
-    /// of the shorter, so each fires within 25% of its setting.
+    /// The hub clock period that serves the heartbeat and every timeout measured in ticks
+    /// (write, header after the first request, idle): a quarter of the shortest, so each
+    /// fires within 25% of its setting.
     pub fn tick(&self) -> Duration {
-        (self.heartbeat.min(self.write_timeout) / 4).max(Duration::from_millis(5))
+        let shortest = self.heartbeat.min(self.write_timeout).min(self.header_timeout).min(self.security.idle_timeout);
+        (shortest / 4).max(Duration::from_millis(5))
     }
 }
 
@@ -286,7 +321,7 @@ impl Args {
             stream: self.redis_stream.clone(),
             maxlen: self.redis_maxlen,
             backlog_events: self.redis_backlog,
-            timeout: Duration::from_secs_f64(self.redis_timeout),
+            timeout: self.redis_timeout,
             ..crate::cluster::ClusterConfig::default()
         })
     }
@@ -314,19 +349,21 @@ impl Args {
             per_ip_connection_rate: rate(self.per_ip_connection_rate, self.per_ip_connection_burst),
             publish_rate: rate(self.publish_rate, self.publish_burst),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key }),
-            idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+            idle_timeout: self.idle_timeout,
         };
         let server = ServerConfig {
-            heartbeat: Duration::from_secs_f64(self.heartbeat),
+            heartbeat: self.heartbeat,
             retry_ms: self.retry_ms,
-            write_timeout: Duration::from_secs_f64(self.write_timeout),
+            write_timeout: self.write_timeout,
             max_body_bytes: self.max_body_bytes,
             max_connections: self
                 .max_connections
                 .unwrap_or_else(|| usize::try_from(fd_limit.saturating_sub(64)).unwrap_or(usize::MAX).max(1)),
             max_header_bytes: self.max_header_bytes,
-            header_timeout: Duration::from_secs_f64(self.header_timeout),
-            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_streams_per_connection: self.max_streams_per_connection,
+            shutdown_grace: self.shutdown_grace,
             send_buffer: self.send_buffer,
             backlog: self.backlog,
             security,
@@ -339,7 +376,7 @@ impl Args {
             max_topic_len: self.max_topic_len,
             max_topics_per_request: self.max_topics_per_request,
             max_event_bytes: self.max_event_bytes,
-            topic_ttl: Duration::from_secs_f64(self.topic_ttl),
+            topic_ttl: self.topic_ttl,
             tick: server.tick(),
         };
         Ok((hub, server))

@@ -4,28 +4,25 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::hub::{Hub, Publish};
+use crate::cluster::{Cluster, ClusterError};
+use crate::hub::{Hub, Publish, PublishError};
+use crate::wire::publish::OwnedPublish;
 
-/// Publishes to `demo` until the hub shuts down (run it under [`Hub::spawn_producer`]).
-pub async fn produce(hub: Hub) -> anyhow::Result<()> {
+/// Publishes to `demo` until the hub shuts down (run it under [`crate::producer::spawn`]).
+pub async fn produce(hub: Hub) -> Result<(), PublishError> {
     run(|data| {
         let result = hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data, retry: None });
-        async move { result.map(drop).map_err(anyhow::Error::from) }
+        async move { result.map(drop) }
     })
     .await
 }
 
 /// Like [`produce`], through the cluster log (cluster mode: every node serves the demo).
-pub async fn produce_to(cluster: std::sync::Arc<crate::cluster::Cluster>) -> anyhow::Result<()> {
+pub async fn produce_to(cluster: std::sync::Arc<Cluster>) -> Result<(), ClusterError> {
     run(|data| {
         let cluster = std::sync::Arc::clone(&cluster);
         async move {
-            let event = crate::publish::OwnedPublish {
-                topics: vec!["demo".into()],
-                event: Some("tick".into()),
-                data,
-                retry: None,
-            };
+            let event = OwnedPublish { topics: vec!["demo".into()], event: Some("tick".into()), data, retry: None };
             cluster.publish(std::slice::from_ref(&event)).await?;
             Ok(())
         }
@@ -33,10 +30,10 @@ pub async fn produce_to(cluster: std::sync::Arc<crate::cluster::Cluster>) -> any
     .await
 }
 
-async fn run<F, Fut>(mut publish: F) -> anyhow::Result<()>
+async fn run<F, Fut, E>(mut publish: F) -> Result<(), E>
 where
     F: FnMut(String) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
 {
     let start = tokio::time::Instant::now();
     let mut state: u64 = 0x2545_F491_4F6C_DD1D;

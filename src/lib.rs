@@ -1,25 +1,24 @@
 //! ringcast: a Server-Sent Events broadcaster built on one lock-free ring of pre-serialized
 //! frames per topic.
 //!
-//! # Layout
-//! - [`frame`]: an event encoded once into the exact SSE bytes every subscriber receives.
+//! # Layout (lowest layer first; a module uses only its own layer and those below)
+//! - `sync` (the only place that names atomics; loom's types under `--cfg ringcast_loom`)
+//!   and [`metrics`]: leaves.
 //! - [`ring`]: the lock-free ring of frames (publish, cursors, lapping, waking).
+//! - [`wire`]: the pure codecs: SSE frames, a client-side parser, publish bodies, query strings.
 //! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
+//! - [`security`]: authorization (JWT), CORS, TLS, rate and connection limits.
 //! - [`cluster`]: scale-out on Redis Streams (a node's consumer loop and cluster publishing).
-//! - [`server`]: listener, accept loop, limits, graceful shutdown; `conn` (the HTTP/1.1 stream
-//!   fast path) and [`http`] (hyper: publish, health, metrics, HTTP/2; an embeddable
-//!   [`http::Service`]) serve each connection.
-//! - [`publish`]: publish bodies (form, JSON, NDJSON); [`metrics`]: Prometheus metrics.
-//! - [`security`]: TLS, CORS and limits settings; [`auth`]: JWT topic authorization;
-//!   [`limits`]: per-IP and publish rate limits.
-//! - [`config`]: command-line options; [`demo`]: the `--demo` producer; [`stats`]: the
-//!   `$sys/stats` topic the dashboard (`GET /`) reads.
-//! - [`parse`]: a client-side event-stream parser (tests, load generator, embedders).
-//! - `sync`: the only place that names atomics; swaps in loom's types under `--cfg ringcast_loom`.
+//! - [`producer`]: in-process producers under supervision; [`demo`]: the `--demo` producer;
+//!   [`dashboard`]: the page at `GET /` and the `$sys/stats` topic it reads.
+//! - [`config`]: command-line options and the settings they make.
+//! - [`server`]: listeners, the accept loop, the one stream engine and its transports
+//!   (HTTP/1.1 fast path, HTTP/2, hyper), graceful shutdown; [`server::http::Service`] embeds
+//!   the routes in another hyper server.
 //!
 //! # Embedding
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use ringcast::{config::ServerConfig, hub::{Hub, HubConfig, Publish}, metrics::Metrics};
 //! let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default()))?;
@@ -31,34 +30,25 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod frame;
-pub mod parse;
 pub mod ring;
 mod sync;
+pub mod wire;
 
-#[cfg(not(ringcast_loom))]
-pub mod auth;
 #[cfg(not(ringcast_loom))]
 pub mod cluster;
 #[cfg(not(ringcast_loom))]
 pub mod config;
 #[cfg(not(ringcast_loom))]
-mod conn;
+pub mod dashboard;
 #[cfg(not(ringcast_loom))]
 pub mod demo;
 #[cfg(not(ringcast_loom))]
-pub mod http;
-#[cfg(not(ringcast_loom))]
 pub mod hub;
-#[cfg(not(ringcast_loom))]
-pub mod limits;
 #[cfg(not(ringcast_loom))]
 pub mod metrics;
 #[cfg(not(ringcast_loom))]
-pub mod publish;
+pub mod producer;
 #[cfg(not(ringcast_loom))]
 pub mod security;
 #[cfg(not(ringcast_loom))]
 pub mod server;
-#[cfg(not(ringcast_loom))]
-pub mod stats;

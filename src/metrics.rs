@@ -25,21 +25,15 @@ pub enum DisconnectReason {
     Error,
     /// The client's token expired.
     TokenExpired,
-    /// Dropped by the test hook (`--test-hooks`).
+    /// Dropped by the test hook (`--test-hooks`); never pre-registered, so a production
+    /// `/metrics` has no such series.
     TestHook,
 }
 
 impl DisconnectReason {
-    /// Every reason, for pre-registering label values so they show as 0.
-    pub const ALL: [Self; 7] = [
-        Self::Lapped,
-        Self::WriteTimeout,
-        Self::ClientClosed,
-        Self::Shutdown,
-        Self::Error,
-        Self::TokenExpired,
-        Self::TestHook,
-    ];
+    /// Every production reason, pre-registered so each shows as 0 (not [`Self::TestHook`]).
+    pub const ALL: [Self; 6] =
+        [Self::Lapped, Self::WriteTimeout, Self::ClientClosed, Self::Shutdown, Self::Error, Self::TokenExpired];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -77,8 +71,10 @@ pub enum Rejection {
     TooLarge,
     /// Request head too large (431).
     HeaderTooLarge,
-    /// Request head not received in time.
+    /// Request head not received in time (408, or closed on a keep-alive connection).
     HeaderTimeout,
+    /// Publish body not received in time (408).
+    BodyTimeout,
     /// Too many connections (503).
     MaxConnections,
     /// Topic limit reached (503).
@@ -97,11 +93,12 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, for pre-registering label values so they show as 0.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::BadRequest,
         Self::TooLarge,
         Self::HeaderTooLarge,
         Self::HeaderTimeout,
+        Self::BodyTimeout,
         Self::MaxConnections,
         Self::MaxTopics,
         Self::Unauthorized,
@@ -118,6 +115,7 @@ impl Rejection {
             Self::TooLarge => "too_large",
             Self::HeaderTooLarge => "header_too_large",
             Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
             Self::MaxConnections => "max_connections",
             Self::MaxTopics => "max_topics",
             Self::Unauthorized => "unauthorized",

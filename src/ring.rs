@@ -447,6 +447,23 @@ impl<T> Cursor<T> {
         missed
     }
 
+    /// The entry this reader would take next, without taking it: [`Lookup::Ready`],
+    /// [`Lookup::NotYet`], or [`Lookup::Overwritten`] (the next receive reports the lap).
+    /// Take a ready one with [`Cursor::advance_past`]. For readers that merge several rings.
+    pub fn peek(&self) -> Lookup<T> {
+        self.shared.lookup(self.next_seq)
+    }
+
+    /// Moves past `entry` if it is the one this reader would take next (as [`Cursor::peek`]
+    /// returned it); returns whether it moved. Never skips an entry it was not shown.
+    pub fn advance_past(&mut self, entry: &Entry<T>) -> bool {
+        let next = entry.seq == self.next_seq;
+        if next {
+            self.next_seq += 1;
+        }
+        next
+    }
+
     /// Like [`Cursor::try_recv_many`], but parks the task when nothing is ready.
     /// Returns `Ready(Ok(n))` with `n >= 1`, or an error.
     pub fn poll_recv_many(

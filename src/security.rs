@@ -1,13 +1,21 @@
 //! Security settings and their runtime form: authorization, CORS, TLS, per-IP and publish
 //! limits. Built once when the server starts ([`Security::new`]); a bad key or certificate
 //! stops the start with a message saying which file and why.
+//!
+//! - [`auth`]: JWT verification, topic patterns, where a request's token comes from.
+//! - [`limits`]: per-IP connection and publish-rate token buckets (bounded tables).
+//! - `tls`: the TLS acceptor built from the certificate and key files.
+
+pub mod auth;
+pub mod limits;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{Auth, AuthConfig, KeyError};
-use crate::limits::{IpLimits, Rate, RateLimits};
+use self::auth::{Auth, AuthConfig, KeyError};
+use self::limits::{IpLimits, Rate, RateLimits};
 
 /// Certificate chain and private key files (PEM).
 #[derive(Debug, Clone)]
@@ -137,7 +145,7 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Builds everything; reads the TLS files.
     pub fn new(config: &SecurityConfig) -> Result<Self, SecurityError> {
-        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         Ok(Self {
             auth: Auth::new(config.auth.clone())?,
             cors: Cors::new(&config.cors_origins),
@@ -147,33 +155,4 @@ impl Security {
             idle_timeout: config.idle_timeout,
         })
     }
-}
-
-fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, SecurityError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-
-    let cert_error = |reason: String| SecurityError::Tls { what: "certificate", path: files.cert.clone(), reason };
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| cert_error(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(cert_error("no certificate found in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| SecurityError::Tls {
-        what: "private key",
-        path: files.key.clone(),
-        reason: e.to_string(),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cert_error(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| cert_error(format!("the certificate and key do not fit together: {e}")))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }

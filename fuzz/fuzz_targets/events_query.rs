@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringcast::hub::{EventId, check_topic_name};
-use ringcast::server::parse_events_query;
+use ringcast::wire::query::parse_events_query;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

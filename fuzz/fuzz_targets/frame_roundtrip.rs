@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::frame::Event;
-use ringcast::parse::Parser;
+use ringcast::wire::frame::Event;
+use ringcast::wire::parse::Parser;
 
 fuzz_target!(|input: (&str, &str, &str)| {
     let (name, id, data) = input;

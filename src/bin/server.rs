@@ -37,6 +37,13 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = ringcast::server::bind_with(args.listen, &server_config)
             .with_context(|| format!("could not listen on {}", args.listen))?;
+        let monitor = match args.metrics_listen {
+            None => None,
+            Some(addr) => Some(
+                ringcast::server::bind(addr, 128)
+                    .with_context(|| format!("could not listen on {addr} (--metrics-listen)"))?,
+            ),
+        };
         let metrics = Arc::new(Metrics::default());
         let cluster_config = args.cluster_config();
         let mode = if cluster_config.is_some() { Mode::Fed } else { Mode::Standalone };
@@ -52,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             max_connections = server_config.max_connections,
             ring_capacity = hub_config.ring_capacity,
             heartbeat_s = server_config.heartbeat.as_secs_f64(),
+            metrics_listen = ?args.metrics_listen,
             demo = args.demo,
             tls = server_config.security.tls.is_some(),
             auth = server_config.security.auth.key.is_some(),
@@ -59,13 +67,14 @@ fn main() -> anyhow::Result<()> {
         );
         if args.demo {
             match server_config.cluster.clone() {
-                None => drop(hub.spawn_producer("demo", ringcast::demo::produce)),
-                Some(cluster) => {
-                    drop(hub.spawn_producer("demo", move |_| ringcast::demo::produce_to(Arc::clone(&cluster))));
-                }
+                None => drop(ringcast::producer::spawn(&hub, "demo", ringcast::demo::produce)),
+                Some(cluster) => drop(ringcast::producer::spawn(&hub, "demo", move |_| {
+                    ringcast::demo::produce_to(Arc::clone(&cluster))
+                })),
             }
         }
-        ringcast::server::run(listener, hub, server_config, shutdown_signal()).await?;
+        let listeners = ringcast::server::Listeners { main: listener, monitor };
+        ringcast::server::run(listeners, hub, server_config, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

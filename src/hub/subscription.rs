@@ -1,14 +1,26 @@
 //! A subscription: one client's cursors over its topics, merged in event-id order, plus its
-//! cursor on the hub clock (ticks drive heartbeats and write timeouts; the clock closing is
-//! the shutdown signal). Transport-neutral: the raw HTTP/1.1 writer and the hyper body both
-//! drive it through [`Subscription::poll_next`].
+//! cursor on the hub clock (ticks drive heartbeats and timeouts; the clock closing is the
+//! shutdown signal). Transport-neutral: the server's stream engine drives it through
+//! [`Subscription::poll_next`].
+//!
+//! # Batches
+//! A batch is bounded by a [`Budget`] of frames and bytes (the first frame is always taken,
+//! whatever its size), so what a stream holds while its transport is blocked is bounded too.
+//! A single-topic subscription takes frames in ring order. Several topics are merged by
+//! order key, one frame at a time (a k-way merge over each cursor's next entry): a batch
+//! ends at the budget or at the publish horizon, never in a way that could make a later
+//! batch hold an earlier event; an event published to several of the client's topics is
+//! taken once.
 
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-use super::{Frame, Gap, Hub, Start, Topic};
-use crate::ring::{Cursor, Entry, RecvError};
+use super::Hub;
+use super::config::ticks;
+use super::resume::{Gap, ResetReason, Start, reset_frame};
+use super::topics::{Frame, Topic};
+use crate::ring::{Cursor, Entry, Lookup, RecvError};
 use crate::sync::Arc;
 
 /// What a subscription has for its transport.
@@ -29,10 +41,27 @@ pub enum Next {
     Expired,
 }
 
+/// How much one batch may take (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Most frames.
+    pub frames: usize,
+    /// Most bytes of frames; the first frame is taken whatever its size.
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// No bound (tests and tools).
+    pub const UNLIMITED: Self = Self { frames: usize::MAX, bytes: usize::MAX };
+}
+
 /// One client's view of the hub (see the module docs).
 pub struct Subscription {
     hub: Hub,
     cursors: Vec<(Arc<Topic>, Cursor<Frame>)>,
+    /// The next entry of each cursor during a merge; all `None` between calls, so that a
+    /// subscription holds no frame outside its batch.
+    heads: Vec<Option<Arc<Entry<Frame>>>>,
     clock: Cursor<()>,
     start: Start,
     reset: Option<Bytes>,
@@ -60,8 +89,11 @@ impl Subscription {
         clock: Cursor<()>,
         start: Start,
         reset: Option<Bytes>,
+        resume: (Option<Gap>, Option<u64>),
     ) -> Self {
-        Self { hub, cursors, clock, start, reset, expires_at_tick: None, gap: None, skip_through: None }
+        let heads = if cursors.len() > 1 { cursors.iter().map(|_| None).collect() } else { Vec::new() };
+        let (gap, skip_through) = resume;
+        Self { hub, cursors, heads, clock, start, reset, expires_at_tick: None, gap, skip_through }
     }
 
     /// Ends the stream (with [`Next::Expired`]) once the wall clock passes `exp` (Unix
@@ -69,17 +101,12 @@ impl Subscription {
     pub fn expire_at(&mut self, exp: u64) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let left = std::time::Duration::from_secs(exp.saturating_sub(now));
-        self.expires_at_tick = Some(self.tick() + super::ticks(left, self.hub.config().tick));
+        self.expires_at_tick = Some(self.tick() + ticks(left, self.hub.config().tick));
     }
 
     /// How the subscription started (fresh, resumed, or reset).
     pub fn start(&self) -> Start {
         self.start
-    }
-
-    pub(super) fn set_resume_plan(&mut self, gap: Option<Gap>, skip_through: Option<u64>) {
-        self.gap = gap;
-        self.skip_through = skip_through;
     }
 
     /// Events to fetch from the cluster log (and send) before the live stream, if any.
@@ -91,8 +118,8 @@ impl Subscription {
     /// `reset` event (reason `too-old`) instead.
     pub fn gap_failed(&mut self, given: &str) {
         let head = self.hub.published();
-        self.start = Start::Reset(super::ResetReason::TooOld);
-        self.reset = Some(self.hub.reset_frame(super::ResetReason::TooOld, head, given));
+        self.start = Start::Reset(ResetReason::TooOld);
+        self.reset = Some(reset_frame(self.hub.ids(), ResetReason::TooOld, head, given));
         self.hub.metrics().resumes.reset.inc();
     }
 
@@ -117,21 +144,24 @@ impl Subscription {
     }
 
     /// Whether the client has fallen a whole ring behind in any topic (checked without
-    /// taking frames, e.g. while its socket is blocked).
+    /// taking frames, e.g. while its transport is blocked).
     pub fn is_lapped(&self) -> bool {
         self.cursors.iter().any(|(_, cursor)| cursor.is_lapped())
     }
 
-    /// Appends the next ready frames to `batch` (at most `max` for a single topic; for
-    /// several topics, everything up to the publish horizon, so that the id order across
-    /// topics holds from one batch to the next), or reports a tick, a lap or shutdown.
-    /// Parks on every cursor and the clock when there is nothing.
+    /// Appends the next ready frames to `batch`, within `budget`, or reports a tick, a lap or
+    /// shutdown. Parks on every cursor and the clock when there is nothing.
     ///
     /// # Cancel safety
     /// Cancel safe: frames are appended only in the poll that returns `Ready(Frames)`.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Arc<Entry<Frame>>>, max: usize) -> Poll<Next> {
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Arc<Entry<Frame>>>,
+        budget: Budget,
+    ) -> Poll<Next> {
         loop {
-            let held_back = match self.gather(batch, max) {
+            let held_back = match self.gather(batch, budget) {
                 Ok(Gathered::Frames) => return Poll::Ready(Next::Frames),
                 Ok(Gathered::Nothing { held_back }) => held_back,
                 Err(next) => return Poll::Ready(next),
@@ -175,36 +205,96 @@ impl Subscription {
         }
     }
 
-    fn gather(&mut self, batch: &mut Vec<Arc<Entry<Frame>>>, max: usize) -> Result<Gathered, Next> {
+    fn gather(&mut self, batch: &mut Vec<Arc<Entry<Frame>>>, budget: Budget) -> Result<Gathered, Next> {
         debug_assert!(batch.is_empty(), "the transport sends a batch before asking for the next");
-        if let [(_, cursor)] = self.cursors.as_mut_slice() {
-            let taken = match cursor.try_recv_many(batch, max) {
+        let taken = if let [(_, cursor)] = self.cursors.as_mut_slice() {
+            let mut bytes = 0usize;
+            let within = |frame: &Frame| {
+                let take = bytes == 0 || bytes.saturating_add(frame.bytes.len()) <= budget.bytes;
+                bytes = bytes.saturating_add(frame.bytes.len());
+                take
+            };
+            match cursor.try_recv_many_while(batch, budget.frames.max(1), within) {
+                Ok(taken) if taken.count == 0 => return Ok(Gathered::Nothing { held_back: false }),
+                Ok(taken) => taken.count,
+                Err(error) => return Err(lost(error)),
+            }
+        } else {
+            match self.merge(batch, budget) {
                 Ok(0) => return Ok(Gathered::Nothing { held_back: false }),
                 Ok(taken) => taken,
-                Err(error) => return Err(lost(error)),
-            };
-            return Ok(self.skip_known(batch, taken));
-        }
+                Err(MergeStop::HeldBack) => return Ok(Gathered::Nothing { held_back: true }),
+                Err(MergeStop::Lost(next)) => return Err(next),
+            }
+        };
+        Ok(self.skip_known(batch, taken))
+    }
+
+    /// The k-way merge of several topics (module docs). Takes only events at or before the
+    /// publish horizon: beyond it, an earlier event of another topic may still be on its way.
+    fn merge(&mut self, batch: &mut Vec<Arc<Entry<Frame>>>, budget: Budget) -> Result<usize, MergeStop> {
         let horizon = self.hub.published();
         let mut held_back = false;
-        for (_, cursor) in &mut self.cursors {
-            match cursor.try_recv_many_while(batch, usize::MAX, |frame| frame.seq <= horizon) {
-                Ok(taken) => held_back |= taken.held_back,
-                Err(error) => {
-                    batch.clear();
-                    return Err(lost(error));
+        let mut lapped = None;
+        let heads = &mut self.heads;
+        let cursors = &mut self.cursors;
+        let peek =
+            |cursor: &Cursor<Frame>, held_back: &mut bool, lapped: &mut Option<usize>, i: usize| match cursor.peek() {
+                Lookup::Ready(entry) if entry.value().seq <= horizon => Some(entry),
+                Lookup::Ready(_) => {
+                    *held_back = true;
+                    None
+                }
+                Lookup::NotYet => None,
+                Lookup::Overwritten(_) => {
+                    lapped.get_or_insert(i);
+                    None
+                }
+            };
+        for (i, (_, cursor)) in cursors.iter().enumerate() {
+            heads[i] = peek(cursor, &mut held_back, &mut lapped, i);
+        }
+        let mut bytes = 0usize;
+        while lapped.is_none() {
+            let Some(min) = heads.iter().flatten().map(|entry| entry.value().seq).min() else { break };
+            let mut taken: Option<Arc<Entry<Frame>>> = None;
+            for (i, head) in heads.iter_mut().enumerate() {
+                if head.as_ref().is_some_and(|entry| entry.value().seq == min) {
+                    let entry = head.take();
+                    if let (Some(entry), Some((_, cursor))) = (entry, cursors.get_mut(i)) {
+                        if taken.is_none() {
+                            let size = entry.value().bytes.len();
+                            if !batch.is_empty()
+                                && (batch.len() >= budget.frames || bytes.saturating_add(size) > budget.bytes)
+                            {
+                                break;
+                            }
+                            bytes = bytes.saturating_add(size);
+                        }
+                        cursor.advance_past(&entry);
+                        *head = peek(cursor, &mut held_back, &mut lapped, i);
+                        taken.get_or_insert(entry);
+                    }
                 }
             }
+            match taken {
+                Some(entry) => batch.push(entry),
+                None => break, // the budget is spent
+            }
         }
-        if batch.is_empty() {
-            return Ok(Gathered::Nothing { held_back });
+        // Hold nothing between calls (module docs).
+        for head in heads.iter_mut() {
+            *head = None;
         }
-        // Each topic's run is already in order; merge them, and send an event published to
-        // several of this client's topics once.
-        batch.sort_unstable_by_key(|entry| entry.value().seq);
-        batch.dedup_by_key(|entry| entry.value().seq);
-        let taken = batch.len();
-        Ok(self.skip_known(batch, taken))
+        if !batch.is_empty() {
+            return Ok(batch.len()); // a lap, if any, is reported by the next call
+        }
+        if let Some((_, cursor)) = lapped.and_then(|i| cursors.get_mut(i)) {
+            // Moves the cursor past the lap and says by how much. (An overwritten slot stays
+            // overwritten, so this reports the lap; it never takes an entry.)
+            return cursor.try_recv_many(batch, 1).map_err(|error| MergeStop::Lost(lost(error)));
+        }
+        if held_back { Err(MergeStop::HeldBack) } else { Ok(0) }
     }
 
     /// Drops frames the client already has (`skip_through`), then forgets the bound once
@@ -224,6 +314,11 @@ impl Subscription {
 enum Gathered {
     Frames,
     Nothing { held_back: bool },
+}
+
+enum MergeStop {
+    HeldBack,
+    Lost(Next),
 }
 
 fn lost(error: RecvError) -> Next {

@@ -5,7 +5,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::{EventId, Hub, HubConfig, InvalidEventId, Publish, PublishError, ResetReason, Start, TopicError};
-use crate::hub::Next;
+use crate::hub::{Budget, Next};
 use crate::metrics::Metrics;
 
 fn hub(ring_capacity: usize) -> Hub {
@@ -22,7 +22,7 @@ fn ready(sub: &mut super::Subscription) -> Vec<String> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut batch = Vec::new();
     let mut got = Vec::new();
-    while let Poll::Ready(Next::Frames) = sub.poll_next(&mut cx, &mut batch, 1024) {
+    while let Poll::Ready(Next::Frames) = sub.poll_next(&mut cx, &mut batch, Budget::UNLIMITED) {
         for entry in batch.drain(..) {
             let text = String::from_utf8(entry.value().bytes.to_vec()).expect("utf-8");
             let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
@@ -194,7 +194,7 @@ async fn a_lapped_subscription_reports_it() {
     }
     let mut cx = Context::from_waker(Waker::noop());
     let mut batch = Vec::new();
-    assert_eq!(sub.poll_next(&mut cx, &mut batch, 1024), Poll::Ready(Next::Lapped { missed: 5 }));
+    assert_eq!(sub.poll_next(&mut cx, &mut batch, Budget::UNLIMITED), Poll::Ready(Next::Lapped { missed: 5 }));
 }
 
 #[tokio::test]
@@ -203,7 +203,7 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
     let mut sub = hub.subscribe(&["a"], None).expect("subscribe");
     hub.shutdown();
     let mut cx = Context::from_waker(Waker::noop());
-    assert_eq!(sub.poll_next(&mut cx, &mut Vec::new(), 16), Poll::Ready(Next::Shutdown));
+    assert_eq!(sub.poll_next(&mut cx, &mut Vec::new(), Budget::UNLIMITED), Poll::Ready(Next::Shutdown));
     assert!(matches!(
         hub.publish(&Publish { topics: &["a"], event: None, data: "", retry: None }),
         Err(PublishError::ShuttingDown)
@@ -245,7 +245,7 @@ mod properties {
             let mut sub = hub.subscribe(&["a"], Some(&id)).expect("valid topics");
             if let Start::Reset(_) = sub.start() {
                 let frame = sub.take_reset_frame().expect("reset frame");
-                let mut parser = crate::parse::Parser::new();
+                let mut parser = crate::wire::parse::Parser::new();
                 parser.feed(&frame);
                 prop_assert_eq!(parser.next_event().map(|e| e.event), Some("reset".to_owned()));
                 prop_assert_eq!(parser.next_event(), None);

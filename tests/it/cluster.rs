@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ringcast::metrics::DisconnectReason;
-use ringcast::parse::SseEvent;
+use ringcast::wire::parse::SseEvent;
 
 use crate::support::{Options, RedisServer, SseClient, WAIT, publish_json, request, start_node};
 
@@ -127,7 +127,7 @@ async fn a_redis_outage_fails_publishes_fast_and_loses_nothing() {
     let (_, _, health) = request(b.addr, "GET", "/health", &[], b"").await;
     assert!(health.contains(r#""status":"degraded""#), "{health}");
     let heartbeat = subscriber.next_item(WAIT).await;
-    assert_eq!(heartbeat, Some(ringcast::parse::Item::Comment("heartbeat".into())), "the stream stays up");
+    assert_eq!(heartbeat, Some(ringcast::wire::parse::Item::Comment("heartbeat".into())), "the stream stays up");
 
     redis.restart(true);
     a.wait_for_redis().await;

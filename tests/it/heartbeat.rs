@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use ringcast::parse::Item;
+use ringcast::wire::parse::Item;
 
 use crate::support::{Options, SseClient, WAIT, publish, start};
 

@@ -4,7 +4,7 @@
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ringcast::parse::Parser;
+use ringcast::wire::parse::Parser;
 use tokio::net::TcpStream;
 
 use crate::support::{Options, WAIT, publish, start};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ringcast::hub::Publish;
-use ringcast::parse::Item;
+use ringcast::wire::parse::Item;
 
 use crate::support::{Options, SseClient, WAIT, start};
 
@@ -16,7 +16,7 @@ async fn a_failing_producer_is_restarted_and_clients_keep_their_heartbeats() {
     let mut client = SseClient::connect(server.addr, "/events?topic=feed", &[]).await;
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&runs);
-    server.hub.spawn_producer("flaky", move |hub| {
+    ringcast::producer::spawn(&server.hub, "flaky", move |hub| {
         let run = counter.fetch_add(1, Ordering::SeqCst);
         async move {
             match run {

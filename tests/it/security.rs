@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
-use ringcast::auth::{JwtKey, Pattern};
-use ringcast::limits::Rate;
 use ringcast::metrics::DisconnectReason;
+use ringcast::security::auth::{JwtKey, Pattern};
+use ringcast::security::limits::Rate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -238,8 +238,8 @@ mod tls {
     use super::*;
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use ringcast::parse::Parser;
     use ringcast::security::TlsFiles;
+    use ringcast::wire::parse::Parser;
     use tokio_rustls::rustls;
 
     fn client_config(cert_der: Vec<u8>, alpn: &[&[u8]]) -> rustls::ClientConfig {

@@ -1,6 +1,6 @@
 //! Subscribing: headers, exact frame bytes, multi-line data, multi-topic order, bad requests.
 
-use ringcast::parse::SseEvent;
+use ringcast::wire::parse::SseEvent;
 
 use crate::support::{Options, SseClient, WAIT, publish, publish_json, request, start};
 

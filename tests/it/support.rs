@@ -9,7 +9,7 @@ use std::time::Duration;
 use ringcast::config::ServerConfig;
 use ringcast::hub::{Hub, HubConfig};
 use ringcast::metrics::Metrics;
-use ringcast::parse::{Item, Parser, SseEvent};
+use ringcast::wire::parse::{Item, Parser, SseEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -54,7 +54,9 @@ pub(crate) struct TestServer {
     task: JoinHandle<Result<(), ringcast::server::ServerError>>,
 }
 
-pub(crate) async fn start(options: Options) -> TestServer {
+pub(crate) async fn start(mut options: Options) -> TestServer {
+    // The hub clock serves every timeout measured in ticks, as the binary sets it up.
+    options.hub.tick = options.hub.tick.min(options.server.tick());
     let hub = Hub::new(options.hub, Arc::new(Metrics::default())).expect("runtime");
     let listener = ringcast::server::bind_with("127.0.0.1:0".parse().expect("addr"), &options.server).expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -354,6 +356,7 @@ impl Drop for RedisServer {
 /// A cluster node: a fed hub linked to `redis` and served like `start` does.
 pub(crate) async fn start_node(options: Options, redis: &RedisServer) -> TestServer {
     let mut options = options;
+    options.hub.tick = options.hub.tick.min(options.server.tick());
     let hub = Hub::with_mode(options.hub, Arc::new(Metrics::default()), ringcast::hub::Mode::Fed).expect("runtime");
     let cluster_config = ringcast::cluster::ClusterConfig {
         url: redis.url(),

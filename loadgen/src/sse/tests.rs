@@ -147,8 +147,8 @@ fn an_idle_reader_keeps_no_big_buffer() {
 
 #[test]
 fn agrees_with_ringcasts_spec_parser_on_encoded_frames() {
-    use ringcast::frame::Event;
-    use ringcast::parse::{Item, Parser};
+    use ringcast::wire::frame::Event;
+    use ringcast::wire::parse::{Item, Parser};
     let datas = ["plain", "two\nlines", "cr\rsplit", "crlf\r\nsplit", "", "trailing\n", ": not a comment"];
     let mut stream = Vec::new();
     for (i, data) in datas.iter().enumerate() {

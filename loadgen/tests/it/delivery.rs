@@ -101,7 +101,7 @@ async fn a_token_opens_a_server_with_authorization_on() {
     use jsonwebtoken::{EncodingKey, Header};
     let secret = b"loadgen-test-secret-0123456789abcdef";
     let mut config = ringcast::config::ServerConfig::default();
-    config.security.auth.key = Some(ringcast::auth::JwtKey::Hs256(secret.to_vec()));
+    config.security.auth.key = Some(ringcast::security::auth::JwtKey::Hs256(secret.to_vec()));
     let server = crate::support::start_server_with(1024, config);
     let claims = serde_json::json!({ "ringcast": { "subscribe": ["*"], "publish": ["*"] } });
     let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret)).expect("token");

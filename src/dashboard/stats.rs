@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::hub::{Hub, Publish};
+use crate::hub::{Hub, Publish, PublishError};
 use crate::metrics::{DisconnectReason, Metrics, ReasonLabel};
 
 /// The topic the snapshots are published on.
@@ -23,11 +23,12 @@ const TOP_TOPICS: usize = 50;
 /// and a burst.
 const DELIVERY_WINDOW: usize = 10;
 
-/// Publishes a snapshot every second until the hub shuts down (run it under
-/// [`Hub::spawn_producer`]). `anonymous_publish` tells the dashboard whether its publish
-/// form can work without a token.
+/// Publishes a snapshot on `hub` every second until it shuts down (run it under
+/// [`crate::producer::spawn`]). In cluster mode `hub` is the node-local hub and `fed` the
+/// hub fed by the cluster log, whose topics the snapshot lists too. `anonymous_publish`
+/// tells the dashboard whether its publish form can work without a token.
 #[expect(clippy::cast_precision_loss, reason = "counters and capacities are far below 2^52")]
-pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
+pub async fn produce(hub: Hub, fed: Option<Hub>, anonymous_publish: bool) -> Result<(), PublishError> {
     let started = Instant::now();
     let metrics = Arc::clone(hub.metrics());
     let mut last = Counters::read(&metrics);
@@ -47,6 +48,7 @@ pub async fn produce(hub: Hub, anonymous_publish: bool) -> anyhow::Result<()> {
         let counters = Counters::read(&metrics);
         let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / seconds;
         let mut topics = hub.topic_stats();
+        topics.extend(fed.iter().flat_map(Hub::topic_stats));
         topics.sort_unstable_by(|a, b| b.subscribers.cmp(&a.subscribers).then_with(|| a.name.cmp(&b.name)));
         let top: Vec<serde_json::Value> = topics
             .iter()

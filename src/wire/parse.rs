@@ -1,5 +1,5 @@
 //! A client-side event-stream parser, written from the WHATWG HTML spec (section 9.2.6,
-//! "Interpreting an event stream") independently of [`crate::frame`].
+//! "Interpreting an event stream") independently of [`super::frame`].
 //!
 //! ringcast itself never parses streams; this is here so the tests, the load generator and
 //! embedders have one conforming parser, checked against the spec's own examples. Input may

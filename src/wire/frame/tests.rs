@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::{Event, FrameError, comment, retry_hint};
-use crate::parse::{Item, Parser};
+use crate::wire::parse::{Item, Parser};
 
 fn encode(event: &Event<'_>) -> String {
     let bytes = event.encode().expect("valid event");

@@ -1,12 +1,11 @@
 //! Publish request bodies: form-urlencoded, JSON, and NDJSON batches, parsed into owned
-//! events. Pure (no I/O): the HTTP layer feeds it the body and maps errors to statuses.
+//! events. Pure (no I/O): the HTTP layer feeds it the body and maps errors to statuses;
+//! `hub::Publish::borrow_all` turns the result into publishes.
 
 #[cfg(test)]
 mod tests;
 
 use serde::Deserialize;
-
-use crate::hub::Publish;
 
 /// One parsed event, owning its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,14 +175,4 @@ fn parse_form(text: &str) -> Result<OwnedPublish, BodyError> {
         }
     }
     Ok(event)
-}
-
-/// Borrowed views of parsed events, in the shape [`crate::hub::Hub::publish_batch`] takes.
-pub fn views<'a>(events: &'a [OwnedPublish], topics: &'a mut Vec<Vec<&'a str>>) -> Vec<Publish<'a>> {
-    *topics = events.iter().map(|e| e.topics.iter().map(String::as_str).collect()).collect();
-    events
-        .iter()
-        .zip(topics.iter())
-        .map(|(event, topics)| Publish { topics, event: event.event.as_deref(), data: &event.data, retry: event.retry })
-        .collect()
 }

@@ -1,0 +1,250 @@
+//! Every route but the stream, for any transport that hands over an `http::Request`:
+//! `POST /publish`, `GET /health`, `GET /metrics`, the dashboard, CORS preflights, the test
+//! hook, and the answers for wrong methods and paths. Each answer is a complete [`Reply`].
+//! (`GET /events` is served by each transport through the stream engine.)
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+
+use super::ctx::Ctx;
+use super::request::{Refusal, Reply, add_cors, complete, error_json, json, text};
+use crate::cluster::ClusterError;
+use crate::hub::{EventId, Publish, PublishError, TopicError};
+use crate::metrics::Rejection;
+use crate::wire::publish::{BodyError, Format, OwnedPublish};
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Routes {
+    /// The main listener: everything (`/metrics` only without a monitoring listener).
+    Main,
+    /// The monitoring listener (`--metrics-listen`): `/metrics` and `/health`.
+    Monitor,
+}
+
+/// Answers `request` (anything but `GET /events`).
+pub(crate) async fn route<B>(ctx: &Ctx, routes: Routes, ip: IpAddr, request: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let cors = ctx.security.cors.grant(origin.as_deref());
+    let metrics_here = routes == Routes::Monitor || !ctx.monitored;
+    let mut reply = match (routes, request.method(), request.uri().path()) {
+        (_, &Method::GET, "/health") => health(ctx),
+        (_, &Method::GET, "/metrics") if metrics_here => metrics(ctx),
+        (Routes::Monitor, _, "/health" | "/metrics") => method_not_allowed("GET"),
+        (Routes::Monitor, _, _) => {
+            text(StatusCode::NOT_FOUND, "not found: this listener serves GET /metrics and /health")
+        }
+        (Routes::Main, &Method::POST, "/publish") => publish(ctx, ip, request).await,
+        (Routes::Main, &Method::OPTIONS, "/publish" | "/events") => preflight(cors.is_some()),
+        (Routes::Main, &Method::GET, "/" | "/dashboard") => dashboard(),
+        (Routes::Main, &Method::POST, "/debug/disconnect") if ctx.config.test_hooks => {
+            ctx.kick_all();
+            text(StatusCode::OK, "every stream dropped")
+        }
+        (Routes::Main, _, "/events" | "/health") => method_not_allowed("GET"),
+        (Routes::Main, _, "/metrics") if metrics_here => method_not_allowed("GET"),
+        (Routes::Main, _, "/publish") => method_not_allowed("POST, OPTIONS"),
+        (Routes::Main, _, _) => {
+            text(StatusCode::NOT_FOUND, "not found: try GET /events?topic=NAME, POST /publish, /health, /metrics")
+        }
+    };
+    add_cors(reply.headers_mut(), cors.as_ref());
+    reply
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    reply
+}
+
+/// `/metrics`: the Prometheus text, with the ring gauges set now.
+fn metrics(ctx: &Ctx) -> Reply {
+    let topics = ctx.hub.topic_stats();
+    let frames: u64 = topics.iter().map(crate::hub::TopicStats::held).sum();
+    let fill = topics.iter().map(|t| t.held() * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
+    ctx.metrics.ring_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
+    ctx.metrics.ring_fill_max.set(i64::try_from(fill).unwrap_or(i64::MAX));
+    complete(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        Bytes::from(ctx.metrics.render()),
+    )
+}
+
+/// A CORS preflight: the methods and headers a browser may use, for allowed origins only
+/// (`route` adds the origin headers; a disallowed origin gets none and the browser stops).
+fn preflight(allowed: bool) -> Reply {
+    let mut reply = complete(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", Bytes::new());
+    reply.headers_mut().remove(header::CONTENT_TYPE);
+    if allowed {
+        let headers = reply.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, last-event-id"),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    reply
+}
+
+/// The dashboard page (see `dashboard`).
+fn dashboard() -> Reply {
+    let mut reply =
+        complete(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(crate::dashboard::PAGE.as_bytes()));
+    let headers = reply.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(crate::dashboard::CONTENT_SECURITY_POLICY));
+    reply
+}
+
+/// `/health`: `ok`; `degraded` (still 200: streams are served from the rings) when the
+/// cluster log is unreachable, so publishing fails; `shutting-down` (503).
+fn health(ctx: &Ctx) -> Reply {
+    let redis = ctx.config.cluster.as_ref().map(|cluster| if cluster.is_healthy() { "ok" } else { "unreachable" });
+    let status = match (ctx.hub.is_shut_down(), redis) {
+        (true, _) => "shutting-down",
+        (false, Some("unreachable")) => "degraded",
+        _ => "ok",
+    };
+    json(
+        if ctx.hub.is_shut_down() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK },
+        &serde_json::json!({
+            "status": status,
+            "redis": redis,
+            "epoch": ctx.hub.epoch(),
+            "last_event_id": ctx.hub.last_event_id().to_string(),
+            "streams": ctx.metrics.streams.get(),
+            "topics": ctx.hub.topic_count(),
+        }),
+    )
+}
+
+/// `POST /publish`: read the body (within the size limit and the body timeout), parse,
+/// authorize, rate-limit, publish.
+async fn publish<B>(ctx: &Ctx, ip: IpAddr, request: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let headers = super::request::RequestHeaders::of(request.headers());
+    let access_token = request.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "access_token")
+            .map(|(_, value)| value.into_owned())
+    });
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = match Format::from_content_type(content_type) {
+        Ok(format) => format,
+        Err(error) => {
+            ctx.metrics.reject(Rejection::BadRequest);
+            return error_json(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error.to_string());
+        }
+    };
+    let max = ctx.config.max_body_bytes;
+    let too_large = || {
+        ctx.metrics.reject(Rejection::TooLarge);
+        error_json(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than the limit of {max} bytes"))
+    };
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return too_large();
+    }
+    let timeout = ctx.config.body_timeout;
+    let body = match tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(error)) => return error_json(StatusCode::BAD_REQUEST, &format!("could not read the body: {error}")),
+        Err(_) => {
+            ctx.metrics.reject(Rejection::BodyTimeout);
+            let message = format!("the body did not arrive within {timeout:?} (--body-timeout); nothing was published");
+            return error_json(StatusCode::REQUEST_TIMEOUT, &message);
+        }
+    };
+    let events = match crate::wire::publish::parse(format, &body) {
+        Ok(events) => events,
+        Err(error) => {
+            ctx.metrics.reject(Rejection::BadRequest);
+            let status = match error {
+                BodyError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error_json(status, &error.to_string());
+        }
+    };
+    let reserved_prefix = crate::dashboard::stats::RESERVED_PREFIX;
+    if let Some(reserved) = events.iter().flat_map(|e| &e.topics).find(|topic| topic.starts_with(reserved_prefix)) {
+        ctx.metrics.reject(Rejection::Forbidden);
+        let message = format!("topic `{reserved}` is reserved: topics under $sys/ are published by the server");
+        return error_json(StatusCode::FORBIDDEN, &message);
+    }
+    let auth = &ctx.security.auth;
+    let token = auth.token_from(headers.authorization.as_deref(), headers.cookie.as_deref(), access_token.as_deref());
+    let all_topics: Vec<&str> = events.iter().flat_map(|e| e.topics.iter().map(String::as_str)).collect();
+    let grant = match auth.publish(token, &all_topics) {
+        Ok(grant) => grant,
+        Err(error) => return refusal_json(Refusal::from_auth(&error, &ctx.metrics)),
+    };
+    let key = grant.subject.map_or_else(|| format!("ip:{ip}"), |subject| format!("sub:{subject}"));
+    if let Err(limited) = ctx.security.publish_limits.take(&key, events.len()) {
+        ctx.metrics.reject(Rejection::PublishRate);
+        return refusal_json(Refusal::limited(&limited));
+    }
+    match publish_events(ctx, &events).await {
+        Ok(ids) => {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            json(StatusCode::OK, &serde_json::json!({ "ids": ids }))
+        }
+        Err(refusal) => refusal_json(refusal),
+    }
+}
+
+/// A refusal as the JSON error body publishers get.
+fn refusal_json(refusal: Refusal) -> Reply {
+    let mut reply = error_json(refusal.status, &refusal.message);
+    reply.headers_mut().extend(refusal.headers.into_iter().map(|(name, value)| (Some(name), value)));
+    reply
+}
+
+/// Publishes through the cluster log (cluster mode) or into the hub.
+async fn publish_events(ctx: &Ctx, events: &[OwnedPublish]) -> Result<Vec<EventId>, Refusal> {
+    let result = match &ctx.config.cluster {
+        None => {
+            let mut topics = Vec::new();
+            let views = Publish::borrow_all(events, &mut topics);
+            if views.len() == 1 { ctx.hub.publish(&views[0]).map(|id| vec![id]) } else { ctx.hub.publish_batch(&views) }
+        }
+        Some(cluster) => match cluster.publish(events).await {
+            Ok(ids) => Ok(ids),
+            Err(ClusterError::Invalid(error)) => Err(error),
+            Err(error) => return Err(Refusal::unavailable(error.to_string())),
+        },
+    };
+    result.map_err(|error| {
+        let (status, rejection) = match &error {
+            PublishError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Rejection::TooLarge),
+            PublishError::Topic { error: TopicError::Full { .. }, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Rejection::MaxTopics)
+            }
+            PublishError::ShuttingDown | PublishError::Fed => (StatusCode::SERVICE_UNAVAILABLE, Rejection::BadRequest),
+            PublishError::Topic { .. } | PublishError::Frame { .. } => (StatusCode::BAD_REQUEST, Rejection::BadRequest),
+        };
+        ctx.metrics.reject(rejection);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            Refusal::unavailable(error.to_string())
+        } else {
+            Refusal::new(status, error.to_string())
+        }
+    })
+}
