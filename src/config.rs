@@ -382,3 +382,63 @@ impl Args {
         Ok((hub, server))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser as _;
+
+    use super::{Args, duration};
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_are_seconds() {
+        assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("2.5"), Ok(Duration::from_millis(2500)));
+        for bad in ["0", "0s", "-1", "abc", "", "2 parsecs", "NaN", "1e12"] {
+            let error = duration(bad).expect_err(bad);
+            assert!(error.contains("not a positive duration"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_duration_flag_takes_units() {
+        let args = Args::try_parse_from([
+            "ringcast",
+            "--heartbeat",
+            "2s",
+            "--write-timeout",
+            "500ms",
+            "--topic-ttl",
+            "1m",
+            "--header-timeout",
+            "3",
+            "--body-timeout",
+            "4s",
+            "--shutdown-grace",
+            "1s",
+            "--idle-timeout",
+            "90s",
+            "--redis-timeout",
+            "250ms",
+        ])
+        .expect("parse");
+        let (hub, server) = args.configs(1024).expect("configs");
+        assert_eq!(server.heartbeat, Duration::from_secs(2));
+        assert_eq!(server.write_timeout, Duration::from_millis(500));
+        assert_eq!(hub.topic_ttl, Duration::from_secs(60));
+        assert_eq!(server.header_timeout, Duration::from_secs(3));
+        assert_eq!(server.body_timeout, Duration::from_secs(4));
+        assert_eq!(server.shutdown_grace, Duration::from_secs(1));
+        assert_eq!(server.security.idle_timeout, Duration::from_secs(90));
+        assert!(args.cluster_config().is_none());
+        assert_eq!(hub.tick, Duration::from_millis(125), "a quarter of the shortest timeout");
+        let error = Args::try_parse_from(["ringcast", "--write-timeout", "soon"]).expect_err("refused");
+        assert!(error.to_string().contains("not a positive duration"), "{error}");
+    }
+}

@@ -135,6 +135,61 @@ async fn resume_from_an_id_older_than_the_ring_resets() {
 }
 
 #[tokio::test]
+async fn resume_from_just_before_the_oldest_event_held_is_exact() {
+    let hub = hub(4);
+    let ids: Vec<EventId> = (0..8).map(|i| publish(&hub, &["a"], &i.to_string())).collect();
+    // The ring holds events 4..8; event 3 is gone, but the client has it: nothing is missing.
+    let mut sub = hub.subscribe(&["a"], Some(&ids[3].to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Resumed);
+    assert_eq!(ready(&mut sub), ["4", "5", "6", "7"]);
+    // One further back, event 3 itself is missing.
+    let sub = hub.subscribe(&["a"], Some(&ids[2].to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Reset(ResetReason::TooOld));
+}
+
+#[tokio::test]
+async fn resume_at_the_boundary_holds_when_other_topics_interleave() {
+    let hub = hub(4);
+    let mut last_a = None;
+    for i in 0..8 {
+        last_a = Some(publish(&hub, &["a"], &format!("a{i}")));
+        publish(&hub, &["b"], &format!("b{i}"));
+    }
+    // `a` holds a4..a7; the id before a4 in `a` is a3, and b3 lies between them in id order.
+    let a3 = EventId { seq: last_a.expect("published").seq - 8, ..hub.last_event_id() };
+    let b3 = EventId { seq: a3.seq + 1, ..a3 };
+    let mut sub = hub.subscribe(&["a"], Some(&b3.to_string())).expect("subscribe");
+    assert_eq!(sub.start(), Start::Resumed, "after b3, `a` misses nothing: a4 follows a3 in `a`");
+    assert_eq!(ready(&mut sub), ["a4", "a5", "a6", "a7"]);
+}
+
+/// The race between planning a resume and placing its cursors: the ring laps the planned
+/// position in between. The subscription must start with a `reset`, never jump past events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_that_laps_between_seek_and_cursor_resets_instead_of_jumping() {
+    let hub = hub(4);
+    let ids: Vec<EventId> = (0..4).map(|i| publish(&hub, &["a"], &i.to_string())).collect();
+    let given = ids[0].to_string();
+    let planned = hub.plan_subscription(&["a"], Some(&given)).expect("plan");
+    // Another thread publishes a ring and more while the plan holds its (read-locked) topics.
+    let publisher = hub.clone();
+    std::thread::spawn(move || {
+        for i in 4..12 {
+            publish(&publisher, &["a"], &i.to_string());
+        }
+    })
+    .join()
+    .expect("publisher");
+    let mut sub = hub.open(planned, Some(&given));
+    assert_eq!(sub.start(), Start::Reset(ResetReason::TooOld), "the planned position was overwritten");
+    let reset = String::from_utf8(sub.take_reset_frame().expect("reset frame").to_vec()).expect("utf-8");
+    assert!(reset.contains(&format!("id: {}\n", hub.last_event_id())), "reset at the head it restarted from: {reset}");
+    assert!(ready(&mut sub).is_empty(), "it continues from that head");
+    publish(&hub, &["a"], "next");
+    assert_eq!(ready(&mut sub), ["next"]);
+}
+
+#[tokio::test]
 async fn ids_from_another_epoch_or_the_future_or_garbage_reset() {
     let hub = hub(8);
     publish(&hub, &["a"], "1");

@@ -72,3 +72,36 @@ async fn an_id_from_before_a_restart_is_never_misread() {
     publish(second.addr, "a", "after").await;
     assert_eq!(client.next_event(WAIT).await.expect("live").data, "after");
 }
+
+/// Ring 256, 512 events: the id just before the oldest event held resumes exactly (every
+/// event after it is still held), over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn resume_from_just_before_the_oldest_held_event_is_exact() {
+    let server = start(Options::default().ring(256)).await;
+    let body: String = (0..512).map(|i| format!("{{\"topic\":\"t\",\"data\":\"{i}\"}}\n")).collect::<Vec<_>>().concat();
+    let (status, _, text) = crate::support::request(
+        server.addr,
+        "POST",
+        "/publish",
+        &[("content-type", "application/x-ndjson")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let ids: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let before_oldest = ids["ids"][255].as_str().expect("id 256").to_owned();
+    let mut client = SseClient::connect(server.addr, "/events?topic=t", &[("last-event-id", &before_oldest)]).await;
+    let events = client.events(256).await;
+    assert_eq!(events[0].event, "message", "no reset");
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.data, (256 + i).to_string());
+    }
+    let mut h2 =
+        crate::support::h2c::connect(tokio::net::TcpStream::connect(server.addr).await.expect("tcp"), 65_535).await;
+    let (_, mut body) =
+        crate::support::h2c::get(&mut h2, "/events?topic=t", &[("last-event-id", &before_oldest)]).await;
+    let data = crate::support::h2c::events(&mut body, &mut ringcast::wire::parse::Parser::new(), 256).await;
+    assert_eq!(data.first().map(String::as_str), Some("256"));
+    assert_eq!(data.last().map(String::as_str), Some("511"));
+    assert_eq!(server.metrics().resumes.exact.get(), 2);
+}

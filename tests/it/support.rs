@@ -21,6 +21,8 @@ pub(crate) const WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Options {
     pub(crate) hub: HubConfig,
     pub(crate) server: ServerConfig,
+    /// Also serve a monitoring listener (`--metrics-listen`).
+    pub(crate) monitor: bool,
 }
 
 impl Default for Options {
@@ -28,7 +30,7 @@ impl Default for Options {
         // A small send buffer, so that a client that stops reading blocks the server quickly.
         let server = ServerConfig { send_buffer: 16 << 10, ..ServerConfig::default() };
         let hub = HubConfig { ring_capacity: 64, tick: server.tick(), ..HubConfig::default() };
-        Self { hub, server }
+        Self { hub, server, monitor: false }
     }
 }
 
@@ -49,6 +51,8 @@ impl Options {
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    /// The monitoring listener's address, if `Options::monitor`.
+    pub(crate) monitor: Option<SocketAddr>,
     pub(crate) hub: Hub,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ringcast::server::ServerError>>,
@@ -60,11 +64,15 @@ pub(crate) async fn start(mut options: Options) -> TestServer {
     let hub = Hub::new(options.hub, Arc::new(Metrics::default())).expect("runtime");
     let listener = ringcast::server::bind_with("127.0.0.1:0".parse().expect("addr"), &options.server).expect("bind");
     let addr = listener.local_addr().expect("local addr");
+    let monitor =
+        options.monitor.then(|| ringcast::server::bind("127.0.0.1:0".parse().expect("addr"), 64).expect("bind"));
+    let monitor_addr = monitor.as_ref().map(|listener| listener.local_addr().expect("local addr"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(ringcast::server::run(listener, hub.clone(), options.server, async move {
+    let listeners = ringcast::server::Listeners { main: listener, monitor };
+    let task = tokio::spawn(ringcast::server::run(listeners, hub.clone(), options.server, async move {
         let _ = stopped.await;
     }));
-    TestServer { addr, hub, stop: Some(stop), task }
+    TestServer { addr, monitor: monitor_addr, hub, stop: Some(stop), task }
 }
 
 impl TestServer {
@@ -243,7 +251,10 @@ pub(crate) async fn request(
     tcp.write_all(head.as_bytes()).await.expect("send head");
     tcp.write_all(body).await.expect("send body");
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await.expect("response in time").expect("read");
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap_or_else(|error| panic!("{method} {path}: {error} after {:?}", String::from_utf8_lossy(&raw)));
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -370,7 +381,7 @@ pub(crate) async fn start_node(options: Options, redis: &RedisServer) -> TestSer
     let task = tokio::spawn(ringcast::server::run(listener, hub.clone(), options.server, async move {
         let _ = stopped.await;
     }));
-    let server = TestServer { addr, hub, stop: Some(stop), task };
+    let server = TestServer { addr, monitor: None, hub, stop: Some(stop), task };
     server.wait_for_redis().await;
     server
 }
@@ -387,5 +398,175 @@ impl TestServer {
             assert!(tokio::time::Instant::now() < deadline, "the node did not reach Redis: {body}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+/// TLS for tests: a self-signed certificate for `localhost` and clients that trust it.
+pub(crate) mod tls {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use ringcast::security::TlsFiles;
+    use tokio::net::TcpStream;
+    use tokio_rustls::rustls;
+
+    /// A certificate and key in PEM files (kept while this lives), and the certificate's DER.
+    pub(crate) struct Cert {
+        _dir: tempfile::TempDir,
+        pub(crate) files: TlsFiles,
+        pub(crate) der: Vec<u8>,
+    }
+
+    pub(crate) fn cert() -> Cert {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        Cert { _dir: dir, files: TlsFiles { cert, key }, der: certified.cert.der().to_vec() }
+    }
+
+    pub(crate) fn client_config(cert_der: &[u8], alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(cert_der.to_vec())).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// A TLS connection over `tcp` offering `alpn`.
+    pub(crate) async fn connect_on(
+        tcp: TcpStream,
+        cert_der: &[u8],
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(cert_der, alpn)));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        connector.connect(name, tcp).await.expect("TLS handshake")
+    }
+
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        cert_der: &[u8],
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        connect_on(TcpStream::connect(addr).await.expect("connect"), cert_der, alpn).await
+    }
+}
+
+/// HTTP/2 clients on the `h2` crate, which lets a test hold a stream's window shut.
+pub(crate) mod h2c {
+    use bytes::Bytes;
+    use tokio::io::{AsyncRead, AsyncWrite};
+
+    /// An HTTP/2 connection over `io` whose streams start with a window of `window` bytes.
+    pub(crate) async fn connect<I>(io: I, window: u32) -> h2::client::SendRequest<Bytes>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (client, connection) =
+            h2::client::Builder::new().initial_window_size(window).handshake::<_, Bytes>(io).await.expect("h2");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// `GET path` with `headers`: the response status and its body.
+    pub(crate) async fn get(
+        client: &mut h2::client::SendRequest<Bytes>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, h2::RecvStream) {
+        let mut request = http::Request::get(format!("http://localhost{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let ready = client.clone().ready().await.expect("connection ready");
+        *client = ready;
+        let (response, _) = client.send_request(request.body(()).expect("request"), true).expect("send");
+        let response = tokio::time::timeout(super::WAIT, response).await.expect("response in time").expect("response");
+        (response.status().as_u16(), response.into_body())
+    }
+
+    /// Reads `body` until `n` events are parsed (releasing the window as it reads).
+    pub(crate) async fn events(
+        body: &mut h2::RecvStream,
+        parser: &mut ringcast::wire::parse::Parser,
+        n: usize,
+    ) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            while let Some(event) = parser.next_event() {
+                got.push(event.data);
+            }
+            if got.len() >= n {
+                return got;
+            }
+            let data = tokio::time::timeout(super::WAIT, body.data())
+                .await
+                .unwrap_or_else(|_| panic!("event {} of {n} in time; got {got:?}", got.len() + 1))
+                .expect("stream open")
+                .expect("data");
+            let _ = body.flow_control().release_capacity(data.len());
+            parser.feed(&data);
+        }
+    }
+}
+
+/// The `ringcast` binary as a separate process (for what only a process shows, like its
+/// memory), on a free port; stopped (by its PID) when dropped.
+pub(crate) struct Binary {
+    pub(crate) addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Binary {
+    #[expect(clippy::disallowed_methods, reason = "test set-up: waiting for a child process to listen")]
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let program = std::env::var("RINGCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringcast").to_owned());
+        let child = std::process::Command::new(program)
+            .args(["--listen", &addr.to_string(), "--log", "warn"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the ringcast binary");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the binary did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { addr, child }
+    }
+
+    /// The process's resident set size, bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// One value of the binary's `/metrics` (a series name with its labels), 0 if absent.
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let (_, _, text) = request(self.addr, "GET", "/metrics", &[], b"").await;
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
