@@ -254,9 +254,11 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
 async fn serve_monitor(listener: TcpListener, ctx: Arc<Ctx>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_MONITOR_CONNECTIONS));
     let tracker = TaskTracker::new();
+    let shutdown = ctx.hub.shut_down();
+    tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            () = ctx.hub.shut_down() => break,
+            () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
         let Ok((tcp, _)) = accepted else { continue };

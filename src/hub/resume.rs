@@ -203,7 +203,8 @@ pub(crate) fn place(
             .zip(&plan.positions)
             .map(|(topic, &position)| Some((Arc::clone(topic), topic.ring.cursor_at(position).ok()?)))
             .collect();
-        if let Some(cursors) = placed {
+        if let Some(mut cursors) = placed {
+            cursors.shrink_to_fit(); // it lives as long as the stream: no spare capacity
             return (cursors, plan, head);
         }
         head = published();

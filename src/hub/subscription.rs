@@ -59,9 +59,6 @@ impl Budget {
 pub struct Subscription {
     hub: Hub,
     cursors: Vec<(Arc<Topic>, Cursor<Frame>)>,
-    /// The next entry of each cursor during a merge; all `None` between calls, so that a
-    /// subscription holds no frame outside its batch.
-    heads: Vec<Option<Arc<Entry<Frame>>>>,
     clock: Cursor<()>,
     start: Start,
     reset: Option<Bytes>,
@@ -91,9 +88,8 @@ impl Subscription {
         reset: Option<Bytes>,
         resume: (Option<Gap>, Option<u64>),
     ) -> Self {
-        let heads = if cursors.len() > 1 { cursors.iter().map(|_| None).collect() } else { Vec::new() };
         let (gap, skip_through) = resume;
-        Self { hub, cursors, heads, clock, start, reset, expires_at_tick: None, gap, skip_through }
+        Self { hub, cursors, clock, start, reset, expires_at_tick: None, gap, skip_through }
     }
 
     /// Ends the stream (with [`Next::Expired`]) once the wall clock passes `exp` (Unix
@@ -236,8 +232,18 @@ impl Subscription {
         let horizon = self.hub.published();
         let mut held_back = false;
         let mut lapped = None;
-        let heads = &mut self.heads;
         let cursors = &mut self.cursors;
+        // The next entry of each cursor: on the stack for up to 16 topics (the default limit
+        // per subscription), and dropped at the end of the call, so that a subscription
+        // holds no frame outside its batch.
+        let mut on_stack: [Option<Arc<Entry<Frame>>>; MERGE_ON_STACK] = Default::default();
+        let mut on_heap = Vec::new();
+        let heads: &mut [Option<Arc<Entry<Frame>>>] = if let Some(heads) = on_stack.get_mut(..cursors.len()) {
+            heads
+        } else {
+            on_heap.resize(cursors.len(), None);
+            &mut on_heap
+        };
         let peek =
             |cursor: &Cursor<Frame>, held_back: &mut bool, lapped: &mut Option<usize>, i: usize| match cursor.peek() {
                 Lookup::Ready(entry) if entry.value().seq <= horizon => Some(entry),
@@ -282,10 +288,6 @@ impl Subscription {
                 None => break, // the budget is spent
             }
         }
-        // Hold nothing between calls (module docs).
-        for head in heads.iter_mut() {
-            *head = None;
-        }
         if !batch.is_empty() {
             return Ok(batch.len()); // a lap, if any, is reported by the next call
         }
@@ -310,6 +312,9 @@ impl Subscription {
         Gathered::Nothing { held_back: false }
     }
 }
+
+/// Topics whose merge heads fit on the stack (see `merge`).
+const MERGE_ON_STACK: usize = 16;
 
 enum Gathered {
     Frames,

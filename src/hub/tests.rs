@@ -93,6 +93,33 @@ async fn a_multi_topic_subscription_gets_id_order_and_each_event_once() {
 }
 
 #[tokio::test]
+async fn a_merge_of_many_topics_keeps_order_within_a_small_budget() {
+    let config = HubConfig {
+        ring_capacity: 64,
+        max_topics_per_request: 20,
+        tick: Duration::from_secs(3600),
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(config, Arc::new(Metrics::default())).expect("runtime");
+    let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sub = hub.subscribe(&topics, None).expect("subscribe");
+    for i in 0..60 {
+        let to = [topics[i % 20], topics[(i * 7) % 20]];
+        publish(&hub, &to, &i.to_string());
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut batch = Vec::new();
+    let mut got = Vec::new();
+    let budget = Budget { frames: 7, bytes: usize::MAX };
+    while let Poll::Ready(Next::Frames) = sub.poll_next(&mut cx, &mut batch, budget) {
+        assert!(batch.len() <= 7, "a batch stays within its budget");
+        got.extend(batch.drain(..).map(|entry| entry.value().seq));
+    }
+    assert_eq!(got, (1..=60).collect::<Vec<u64>>(), "every event once, in id order, across 20 topics");
+}
+
+#[tokio::test]
 async fn resume_within_the_window_is_exact() {
     let hub = hub(8);
     publish(&hub, &["a"], "1");

@@ -3,7 +3,7 @@
 //! - the one header rule ([`RequestHeaders`]): a single-valued header's first occurrence
 //!   wins; `Cookie` headers are joined with `; ` (HTTP/2 sends one per cookie);
 //! - the head limits ([`MAX_HEADERS`], [`check_head`]);
-//! - refusals ([`Refusal`]) with typed statuses, and the one 503 ([`Refusal::unavailable`]);
+//! - refusals ([`Refusal`]) with typed statuses; every 503 gets its `Retry-After` in [`complete`];
 //! - complete responses ([`Reply`]), the CORS headers ([`add_cors`]) and the event-stream
 //!   head ([`stream_head`]);
 //! - `GET /events` from request to subscription ([`open_stream`]).
@@ -113,9 +113,9 @@ impl Refusal {
         Self { status, message: message.into(), headers: Vec::new() }
     }
 
-    /// The one 503: the message, and `Retry-After`.
+    /// 503: come back later (every 503 gets its `Retry-After` in [`complete`]).
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_header(header::RETRY_AFTER, RETRY_AFTER_S.to_string())
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
     /// 429 from a rate or connection limit, with its `Retry-After`.
@@ -183,7 +183,8 @@ pub(crate) fn error_json(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-/// A response of `status` with a body of `content_type`.
+/// A response of `status` with a body of `content_type`: every complete response is made
+/// here, so every 503 carries `Retry-After`, whichever path sends it.
 pub(crate) fn complete(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
     let mut reply = Response::new(body);
     *reply.status_mut() = status;
