@@ -318,6 +318,16 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 
+        /// Any topic name that passes validation is free of control characters, so it can
+        /// never reach a stream as a line break.
+        #[test]
+        fn a_valid_topic_name_has_no_control_character(name in ".{0,200}") {
+            if crate::hub::check_topic_name(&name, 128).is_ok() {
+                prop_assert!(!name.chars().any(char::is_control));
+                prop_assert!(!name.is_empty() && name.len() <= 128);
+            }
+        }
+
         /// Any `Last-Event-ID`: the subscription starts (resumed or reset), never panics, and a
         /// reset frame is exactly one event whatever the id contained.
         #[test]

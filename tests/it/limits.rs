@@ -225,6 +225,30 @@ mod every_path {
         assert_eq!(rejected(&server, Rejection::HeaderTooLarge), 3, "each counted");
     }
 
+    #[tokio::test]
+    async fn an_oversize_head_gets_431_on_every_path() {
+        let server = start(options()).await;
+        let filler = "x".repeat(20 << 10);
+        let head = format!("GET /health HTTP/1.1\r\nhost: x\r\nx-filler: {filler}\r\n\r\n");
+        // First request on a connection, then a later one on a keep-alive connection.
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(head.as_bytes()).await.expect("head");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&answer));
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        health(&mut tcp).await;
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&answer));
+        // HTTP/2.
+        let mut client = h2c::connect(TcpStream::connect(server.addr).await.expect("connect"), 65_535).await;
+        let (status, _) = h2c::get(&mut client, "/health", &[("x-filler", &filler)]).await;
+        assert_eq!(status, 431);
+        assert_eq!(rejected(&server, Rejection::HeaderTooLarge), 3, "each counted");
+    }
+
     /// A publish whose body arrives at one byte per 100 ms.
     const BODY: &str = r#"{"topic":"t","data":"slow"}"#;
 
