@@ -14,7 +14,7 @@
 //! - `tasks`: the clock and the topic sweeper.
 //!
 //! # Invariants
-//! - Only [`Hub::commit`] writes into topic rings, and only under the sequencer lock; the
+//! - Only `Hub::commit` writes into topic rings, and only under the sequencer lock; the
 //!   three ways in (`publish_batch`, `ingest`, `reset_all`) all go through it.
 //! - `published` is the key of the last event whose frames are in all of its rings.
 //! - Topics are used only under the registry's read lock (see `topics`).
