@@ -1,29 +1,43 @@
 //! Scale-out on Redis Streams: many nodes, one ordered log.
 //!
+//! - `log`: the keys, the publish script, the log's identity (its epoch), decoding entries.
+//! - `link`: the publishing connection and its supervisor.
+//!
 //! # Layout
 //! One stream (default key `ringcast:events`) holds every event of every topic, in publish
-//! order; an entry's fields are `t` (topics, one per line), `d` (data), and optionally `e`
-//! (event type) and `r` (retry). The stream id (`MS-SEQ`) *is* the event id, so ids are
-//! global, mean the same on every node and increase across restarts of any node. The
-//! stream is trimmed to about `maxlen` entries (`XADD MAXLEN ~`), which bounds Redis memory
-//! and how far back a client can resume.
+//! order (see `log` for the fields and the keys beside it). The stream id (`MS-SEQ`) *is* the
+//! event id, so ids are global, mean the same on every node and increase across restarts of
+//! any node. The stream is trimmed to about `maxlen` entries (`XADD MAXLEN ~`), which bounds
+//! Redis memory and how far back a client can resume.
 //!
 //! One stream keeps the total order across topics that multi-topic subscriptions and
 //! `Last-Event-ID` resume rely on, and a node consumes it with one blocking `XREAD` loop;
 //! its limit is one Redis core's throughput for `XADD`/`XREAD` (see `docs/SCALING.md`).
 //!
+//! # What a publish's answer means
+//! - `Ok` (HTTP 200): the batch is in the log (durably as far as Redis persists it).
+//! - [`ClusterError::Unavailable`] (503): nothing was published, provably: there was no
+//!   connection to send it on, or Redis refused it (the script refuses before it writes).
+//! - [`ClusterError::Unknown`] (504): the batch was sent and no answer came within
+//!   `timeout`: it may or may not be in the log. Retry with the same idempotency key: a
+//!   batch whose key the log remembers answers with its original ids and is delivered once.
+//!
+//! `timeout` bounds a publish end to end: a publish never waits for a reconnect (`link`).
+//!
 //! # Flow
-//! - `POST /publish` on any node validates the batch, then appends it with `MULTI`/`XADD`/
-//!   `EXEC` (all or nothing), and answers with the stream ids only once Redis accepted it.
-//!   Redis unreachable: `503` at once, nothing accepted.
-//! - Every node runs [`Cluster::consume`]: `XREAD BLOCK COUNT` from the last id it saw,
-//!   encoding each entry once into the local rings ([`Hub::ingest`]). On a lost connection
-//!   it reconnects with backoff and continues from that id: no gap. If Redis comes back with
-//!   a history that ends before that id (restarted empty), every topic gets a `reset` event
-//!   (reason `lost`).
+//! - Every node runs [`Cluster::consume`] on a connection of its own: `XREAD BLOCK COUNT`
+//!   from the last id it saw, encoding each entry once into the local rings
+//!   ([`Hub::ingest`]). On a lost connection it reconnects with jittered backoff and
+//!   continues from that id: no gap. Before reading, and in every entry, it checks the log's
+//!   epoch: a log with another identity (Redis came back without its data, whether or not
+//!   something was published to it since) gets every topic a `reset` event (reason `lost`)
+//!   before anything of the new log is delivered.
 //! - A client resuming with an id older than the local rings gets the missing events from
 //!   `XRANGE` before its live stream ([`Cluster::fill_gap`]), seamlessly: its cursors start
 //!   right after the node's head, and the range ends at that head.
+
+mod link;
+mod log;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -32,7 +46,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
 
+use self::link::{CallError, Link};
+use self::log::{LogEntry, Outcome};
 use crate::hub::{EventId, Gap, Hub, Mode, Publish, PublishError};
 use crate::wire::publish::OwnedPublish;
 
@@ -49,8 +66,11 @@ pub struct ClusterConfig {
     pub backlog_events: usize,
     /// Most bytes a resume may fetch from the stream.
     pub backlog_bytes: usize,
-    /// Time allowed for one Redis command (the blocking read excepted).
+    /// Time allowed for a publish, end to end, and for one Redis command (the blocking read
+    /// excepted).
     pub timeout: Duration,
+    /// How long Redis remembers a publish's idempotency key.
+    pub idempotency_window: Duration,
     /// Entries per `XREAD`.
     pub read_batch: usize,
 }
@@ -64,6 +84,7 @@ impl Default for ClusterConfig {
             backlog_events: 10_000,
             backlog_bytes: 16 << 20,
             timeout: Duration::from_secs(1),
+            idempotency_window: Duration::from_secs(600),
             read_batch: 1000,
         }
     }
@@ -78,12 +99,32 @@ pub enum ClusterError {
     /// The hub is not a fed hub.
     #[error("cluster mode needs a hub made with Mode::Fed")]
     NotFed,
-    /// Redis did not answer, or refused.
+    /// Nothing was published: Redis was not reachable, or refused the batch.
     #[error("Redis is unavailable ({0}); nothing was published, retry shortly")]
     Unavailable(String),
+    /// The batch was sent and Redis did not answer in time: it may or may not be in the log.
+    #[error(
+        "{0}: the events may or may not have been published; retry with the same Idempotency-Key to publish them exactly once"
+    )]
+    Unknown(String),
+    /// Reading the log failed (the consumer reconnects).
+    #[error("reading the Redis log: {0}")]
+    Read(String),
     /// The batch is invalid (nothing was published).
     #[error(transparent)]
     Invalid(#[from] PublishError),
+    /// The idempotency key was used for a different batch within the window.
+    #[error("this Idempotency-Key was used for a different batch; use a new key for new events")]
+    KeyReused,
+}
+
+/// What a publish through the log returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The events' ids.
+    pub ids: Vec<EventId>,
+    /// The idempotency key was known: these are the original ids, nothing new was published.
+    pub replayed: bool,
 }
 
 /// A node's link to the cluster log.
@@ -91,10 +132,12 @@ pub struct Cluster {
     client: redis::Client,
     config: ClusterConfig,
     hub: Hub,
-    /// The publishing connection (multiplexed); dropped on error and made again on demand.
-    publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// Whether the last Redis interaction succeeded (for `/health`). Relaxed: a status.
-    healthy: AtomicBool,
+    /// The publishing connection (also used for resume ranges).
+    link: Arc<Link>,
+    /// The publish script (its SHA is computed once).
+    script: redis::Script,
+    /// Whether the consumer is reading the log (for `/health`). Relaxed: a status.
+    reading: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -107,208 +150,172 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Links `hub` (a [`Mode::Fed`] hub) to the log and spawns the consumer loop. Does not
-    /// need Redis to be up: the loop retries, and publishing answers 503 meanwhile.
+    /// Links `hub` (a [`Mode::Fed`] hub) to the log and spawns the publishing link's
+    /// supervisor and the consumer loop. Does not need Redis to be up: both retry, and
+    /// publishing answers 503 meanwhile.
     pub fn start(config: ClusterConfig, hub: Hub) -> Result<Arc<Self>, ClusterError> {
         if hub.mode() != Mode::Fed {
             return Err(ClusterError::NotFed);
         }
         let client = redis::Client::open(config.url.as_str()).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let link = Link::new(client.clone(), config.timeout);
         let cluster = Arc::new(Self {
             client,
             config,
-            hub,
-            publisher: tokio::sync::Mutex::new(None),
-            healthy: AtomicBool::new(false),
+            hub: hub.clone(),
+            link: Arc::clone(&link),
+            script: redis::Script::new(log::PUBLISH),
+            reading: AtomicBool::new(false),
         });
+        tokio::spawn(link.supervise(hub));
         tokio::spawn(Arc::clone(&cluster).consume());
         Ok(cluster)
     }
 
-    /// Whether Redis answered the last time it was asked.
+    /// Whether Redis can be published to and is being read.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Relaxed)
-    }
-
-    fn unavailable(&self, what: impl std::fmt::Display) -> ClusterError {
-        self.healthy.store(false, Relaxed);
-        ClusterError::Unavailable(what.to_string())
-    }
-
-    async fn connect(&self) -> Result<MultiplexedConnection, ClusterError> {
-        // No response timeout in the client (its default, 500 ms, is shorter than the
-        // consumer's blocking XREAD): every call here has its own timeout instead.
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(self.config.timeout));
-        match tokio::time::timeout(
-            self.config.timeout,
-            self.client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(self.unavailable(error)),
-            Err(_) => Err(self.unavailable("connection timed out")),
-        }
-    }
-
-    /// Runs `command` (a command, or an atomic pipeline) on the publishing connection within
-    /// the timeout; on failure the connection is dropped (the next call reconnects).
-    async fn query<T: redis::FromRedisValue>(&self, command: Request<'_>) -> Result<T, ClusterError> {
-        let mut slot = self.publisher.lock().await;
-        let mut connection = if let Some(connection) = slot.as_ref() {
-            connection.clone()
-        } else {
-            let connection = self.connect().await?;
-            *slot = Some(connection.clone());
-            connection
-        };
-        drop(slot);
-        let reply = match command {
-            Request::Command(command) => {
-                tokio::time::timeout(self.config.timeout, command.query_async::<T>(&mut connection)).await
-            }
-            Request::Pipeline(pipe) => {
-                tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut connection)).await
-            }
-        };
-        match reply {
-            Ok(Ok(value)) => {
-                self.healthy.store(true, Relaxed);
-                Ok(value)
-            }
-            Ok(Err(error)) => {
-                *self.publisher.lock().await = None;
-                Err(self.unavailable(error))
-            }
-            Err(_) => {
-                *self.publisher.lock().await = None;
-                Err(self.unavailable("Redis did not answer in time"))
-            }
-        }
+        self.link.is_up() && self.reading.load(Relaxed)
     }
 
     /// Validates `events` and appends them to the log atomically; returns their ids once
-    /// Redis accepted them.
-    pub async fn publish(&self, events: &[OwnedPublish]) -> Result<Vec<EventId>, ClusterError> {
+    /// Redis accepted them. With `key`, a batch whose key the log remembers (for the
+    /// idempotency window) is not published again: its original ids are returned.
+    pub async fn publish(&self, events: &[OwnedPublish], key: Option<&str>) -> Result<Published, ClusterError> {
+        let deadline = Instant::now() + self.config.timeout;
         let mut topics = Vec::new();
         let views = Publish::borrow_all(events, &mut topics);
         self.hub.validate(&views, views.len() > 1)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let stream = &self.config.stream;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(stream)
+            .key(log::epoch_key(stream))
+            .key(key.map(|key| log::idempotency_key(stream, key)).unwrap_or_default())
+            .arg(self.config.maxlen)
+            .arg(log::new_epoch())
+            .arg(u64::try_from(self.config.idempotency_window.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(format!("{:016x}", crate::wire::publish::digest(events)))
+            .arg(events.len());
         for event in events {
-            let command = pipe
-                .cmd("XADD")
-                .arg(&self.config.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.maxlen)
-                .arg("*")
-                .arg("t")
-                .arg(event.topics.join("\n"))
-                .arg("d")
-                .arg(&event.data);
+            let fields = 2 + usize::from(event.event.is_some()) + usize::from(event.retry.is_some());
+            invocation.arg(fields * 2).arg("t").arg(event.topics.join("\n")).arg("d").arg(&event.data);
             if let Some(name) = &event.event {
-                command.arg("e").arg(name);
+                invocation.arg("e").arg(name);
             }
             if let Some(retry) = event.retry {
-                command.arg("r").arg(retry);
+                invocation.arg("r").arg(retry);
             }
         }
-        let ids: Vec<String> = self.query(Request::Pipeline(&pipe)).await?;
-        ids.iter()
-            .map(|id| id.parse().map_err(|_| self.unavailable(format!("Redis answered an odd id {id:?}"))))
-            .collect()
+        let reply: Value = self
+            .link
+            .call(deadline, |mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await
+            .map_err(publish_error)?;
+        match log::outcome(&reply) {
+            Some((Outcome::New(ids), _)) => Ok(Published { ids, replayed: false }),
+            Some((Outcome::Duplicate(ids), _)) => Ok(Published { ids, replayed: true }),
+            Some((Outcome::Conflict, _)) => Err(ClusterError::KeyReused),
+            // The script ran (it answered) but its answer is not what it returns: say so
+            // rather than claim anything about the batch.
+            None => Err(ClusterError::Unknown(format!("Redis answered the publish oddly ({reply:?})"))),
+        }
     }
 
     /// The consumer loop: reads the log into the hub until the hub shuts down.
     pub async fn consume(self: Arc<Self>) {
-        let mut last: Option<EventId> = None;
+        let mut at = Position { last: None, epoch: None };
         let mut backoff = Duration::from_millis(100);
         while !self.hub.is_shut_down() {
-            let mut connection = match self.connect().await {
+            let mut connection = match Link::connect(&self.client, self.config.timeout).await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    tracing::warn!(%error, retry_ms = backoff.as_millis(), "cluster consumer: cannot reach Redis");
-                    tokio::time::sleep(backoff).await;
+                    self.reading.store(false, Relaxed);
+                    let pause = self.link.jittered(backoff);
+                    tracing::warn!(%error, retry_ms = pause.as_millis(), "cluster consumer: cannot reach Redis");
+                    tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
-            match self.position(&mut connection, last).await {
-                Ok(start) => last = Some(start),
-                Err(error) => {
-                    tracing::warn!(%error, "cluster consumer: cannot read the stream's position");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
+            if let Err(error) = self.position(&mut connection, &mut at).await {
+                tracing::warn!(%error, "cluster consumer: cannot read the log's position");
+                tokio::time::sleep(self.link.jittered(backoff)).await;
+                continue;
             }
             backoff = Duration::from_millis(100);
-            // A reconnect usually means Redis restarted: the publishing connection is dead
-            // too, so make it again on the next publish instead of failing that publish.
-            *self.publisher.lock().await = None;
-            self.healthy.store(true, Relaxed);
-            tracing::info!(stream = %self.config.stream, from = ?last, "cluster consumer reading");
-            if let Err(error) = self.read_loop(&mut connection, &mut last).await {
-                tracing::warn!(%error, last = ?last, "cluster consumer lost Redis; reconnecting");
-                self.healthy.store(false, Relaxed);
+            self.reading.store(true, Relaxed);
+            tracing::info!(stream = %self.config.stream, from = ?at.last, "cluster consumer reading");
+            if let Err(error) = self.read_loop(&mut connection, &mut at).await {
+                tracing::warn!(%error, last = ?at.last, "cluster consumer: reading stopped; reconnecting");
+                self.reading.store(false, Relaxed);
+                // The publishing connection goes to the same Redis: make it again too.
+                self.link.mark_broken();
             }
         }
     }
 
-    /// Where to read from: after `last`, unless the log no longer reaches it (Redis came
-    /// back empty or rewound), in which case subscribers are reset and reading restarts at
-    /// the log's beginning. On the first connection: the log's current end.
-    async fn position(
-        &self,
-        connection: &mut MultiplexedConnection,
-        last: Option<EventId>,
-    ) -> Result<EventId, ClusterError> {
-        let info: Result<Value, _> = tokio::time::timeout(
-            self.config.timeout,
-            redis::cmd("XINFO").arg("STREAM").arg(&self.config.stream).query_async(connection),
-        )
-        .await
-        .map_err(|_| self.unavailable("XINFO timed out"))?;
-        let log_end = match info {
-            Ok(value) => last_generated_id(&value),
-            Err(error) if error.to_string().contains("no such key") => None,
-            Err(error) => return Err(self.unavailable(error)),
+    /// Where to read from (see the module docs): after the last id seen, unless the log is
+    /// not the one that id came from (another epoch, or a log that ends before it), in which
+    /// case every subscriber is reset and the new log is read from its beginning. On the
+    /// first connection: the log's current end.
+    async fn position(&self, connection: &mut MultiplexedConnection, at: &mut Position) -> Result<(), ClusterError> {
+        let timeout = self.config.timeout;
+        let stream = &self.config.stream;
+        let ask = |command: redis::Cmd, connection: &mut MultiplexedConnection| {
+            let mut connection = connection.clone();
+            async move {
+                tokio::time::timeout(timeout, command.query_async::<Value>(&mut connection))
+                    .await
+                    .map_err(|_| ClusterError::Read("no answer in time".into()))?
+                    .map_err(|error| ClusterError::Read(error.to_string()))
+            }
+        };
+        // The log's identity, made now if it has none (a new log, or one that lost its data).
+        let mut set = redis::cmd("SET");
+        set.arg(log::epoch_key(stream)).arg(log::new_epoch()).arg("NX");
+        ask(set, connection).await?;
+        let mut get = redis::cmd("GET");
+        get.arg(log::epoch_key(stream));
+        let epoch = log::text(&ask(get, connection).await?)
+            .ok_or_else(|| ClusterError::Read("the log's epoch is not a string".into()))?;
+        let mut info = redis::cmd("XINFO");
+        info.arg("STREAM").arg(stream);
+        let log_end = match ask(info, connection).await {
+            Ok(value) => log::last_generated_id(&value),
+            Err(ClusterError::Read(error)) if error.contains("no such key") => None,
+            Err(error) => return Err(error),
         };
         let zero = EventId { epoch: 0, seq: 0 };
-        match (last, log_end) {
-            (None, end) => {
-                let end = end.unwrap_or(zero);
+        match (at.last, at.epoch.as_deref()) {
+            (None, _) => {
+                let end = log_end.unwrap_or(zero);
                 if let Some(key) = self.hub.key_of(end) {
                     self.hub.start_at(key);
                 }
-                Ok(end)
+                at.last = Some(end);
             }
-            (Some(last), end) if end.unwrap_or(zero) < last => {
+            (Some(last), Some(known)) if known != epoch || log_end.unwrap_or(zero) < last => {
                 let key = self.hub.reset_all();
                 tracing::warn!(
                     last = %last,
-                    log_end = ?end,
+                    log_end = ?log_end,
                     reset_id = %self.hub.id_of(key),
-                    "the Redis stream no longer reaches the last event seen (Redis restarted empty?): \
-                     subscribers get a reset event"
+                    "the Redis log is not the one this node read (Redis lost its data?): subscribers get a \
+                     reset event, and the new log is read from its beginning"
                 );
-                Ok(zero)
+                at.last = Some(zero);
             }
-            (Some(last), _) => Ok(last),
+            (Some(_), _) => {}
         }
+        at.epoch = Some(epoch);
+        Ok(())
     }
 
-    async fn read_loop(
-        &self,
-        connection: &mut MultiplexedConnection,
-        last: &mut Option<EventId>,
-    ) -> Result<(), ClusterError> {
+    async fn read_loop(&self, connection: &mut MultiplexedConnection, at: &mut Position) -> Result<(), ClusterError> {
         // The blocking read gets its own timeout: its block time plus the command timeout.
         let block_ms = 1000u64;
         while !self.hub.is_shut_down() {
-            let from = last.map_or_else(|| "0-0".to_owned(), |id| id.to_string());
+            let from = at.last.map_or_else(|| "0-0".to_owned(), |id| id.to_string());
             let reply: Value = tokio::time::timeout(
                 Duration::from_millis(block_ms) + self.config.timeout,
                 redis::cmd("XREAD")
@@ -322,44 +329,55 @@ impl Cluster {
                     .query_async(connection),
             )
             .await
-            .map_err(|_| ClusterError::Unavailable("XREAD timed out".into()))?
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-            let entries = stream_entries(&reply);
-            if entries.is_empty() {
-                continue;
+            .map_err(|_| ClusterError::Read("XREAD timed out".into()))?
+            .map_err(|e| ClusterError::Read(e.to_string()))?;
+            let entries = log::stream_entries(&reply);
+            // An entry of another epoch: the log changed under this connection; deliver
+            // what came before it, then reconnect (and reset).
+            let foreign = entries.iter().position(|entry| entry.epoch.is_some() && entry.epoch != at.epoch);
+            let batch_end = foreign.unwrap_or(entries.len());
+            self.ingest(&entries[..batch_end]);
+            if let Some(last) = entries[..batch_end].last() {
+                at.last = Some(last.id);
             }
-            let views: Vec<(u64, Vec<&str>, &LogEntry)> = entries
-                .iter()
-                .filter_map(|entry| {
-                    let Some(key) = self.hub.key_of(entry.id) else {
-                        tracing::warn!(id = %entry.id, "skipping a stream entry whose id does not fit an event id");
-                        return None;
-                    };
-                    Some((key, entry.topics.split('\n').collect(), entry))
-                })
-                .collect();
-            let batch: Vec<(u64, Publish<'_>)> = views
-                .iter()
-                .map(|(key, topics, entry)| {
-                    (*key, Publish { topics, event: entry.event.as_deref(), data: &entry.data, retry: entry.retry })
-                })
-                .collect();
-            self.hub.ingest(&batch);
-            *last = entries.last().map(|entry| entry.id);
+            if foreign.is_some() {
+                return Err(ClusterError::Read("an entry of another log epoch".into()));
+            }
         }
         Ok(())
+    }
+
+    fn ingest(&self, entries: &[LogEntry]) {
+        let views: Vec<(u64, Vec<&str>, &LogEntry)> = entries
+            .iter()
+            .filter_map(|entry| {
+                let Some(key) = self.hub.key_of(entry.id) else {
+                    tracing::warn!(id = %entry.id, "skipping a stream entry whose id does not fit an event id");
+                    return None;
+                };
+                Some((key, entry.topics.split('\n').collect(), entry))
+            })
+            .collect();
+        let batch: Vec<(u64, Publish<'_>)> = views
+            .iter()
+            .map(|(key, topics, entry)| {
+                (*key, Publish { topics, event: entry.event.as_deref(), data: &entry.data, retry: entry.retry })
+            })
+            .collect();
+        self.hub.ingest(&batch);
     }
 
     /// Fetches the events of `gap` for the topics `topics` from the log, encoded as the
     /// rings would hold them. `Err` when the log no longer holds the whole gap or it is
     /// larger than the backlog limits: the client then gets a `reset` instead.
     pub async fn fill_gap(&self, gap: Gap, topics: &[&str]) -> Result<Vec<Bytes>, ClusterError> {
+        let deadline = Instant::now() + self.config.timeout;
         let after = self.hub.id_of(gap.after);
         let through = self.hub.id_of(gap.through);
         let mut first = redis::cmd("XRANGE");
         first.arg(&self.config.stream).arg("-").arg("+").arg("COUNT").arg(1);
-        let oldest: Value = self.query(Request::Command(&first)).await?;
-        let oldest = stream_range(&oldest).first().map(|entry| entry.id);
+        let oldest: Value = self.range(deadline, first).await?;
+        let oldest = log::stream_range(&oldest).first().map(|entry| entry.id);
         if oldest.is_none_or(|oldest| oldest > after) && gap.through > gap.after {
             return Err(ClusterError::Unavailable(format!("the log no longer holds the events after {after}")));
         }
@@ -370,8 +388,8 @@ impl Cluster {
             .arg(through.to_string())
             .arg("COUNT")
             .arg(self.config.backlog_events + 1);
-        let reply: Value = self.query(Request::Command(&range)).await?;
-        let entries = stream_range(&reply);
+        let reply: Value = self.range(deadline, range).await?;
+        let entries = log::stream_range(&reply);
         if entries.len() > self.config.backlog_events {
             return Err(ClusterError::Unavailable(format!(
                 "more than {} events to catch up",
@@ -401,76 +419,28 @@ impl Cluster {
         }
         Ok(frames)
     }
-}
 
-/// What [`Cluster::query`] sends.
-#[derive(Clone, Copy)]
-enum Request<'a> {
-    Command(&'a redis::Cmd),
-    Pipeline(&'a redis::Pipeline),
-}
-
-/// One stream entry, decoded.
-#[derive(Debug)]
-struct LogEntry {
-    id: EventId,
-    topics: String,
-    data: String,
-    event: Option<String>,
-    retry: Option<u64>,
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        _ => None,
+    async fn range(&self, deadline: Instant, command: redis::Cmd) -> Result<Value, ClusterError> {
+        self.link
+            .call(deadline, |mut connection| async move { command.query_async(&mut connection).await })
+            .await
+            .map_err(|error| match error {
+                CallError::NotSent(why) | CallError::Refused(why) | CallError::NoAnswer(why) => {
+                    ClusterError::Unavailable(why)
+                }
+            })
     }
 }
 
-/// `XINFO STREAM`'s `last-generated-id` (a flat list of name/value pairs in RESP2).
-fn last_generated_id(value: &Value) -> Option<EventId> {
-    let Value::Array(items) = value else { return None };
-    items.chunks(2).find_map(|pair| match pair {
-        [name, id] if text(name).as_deref() == Some("last-generated-id") => text(id)?.parse().ok(),
-        _ => None,
-    })
+/// Where the consumer is in the log: the last id it delivered, and the log's epoch.
+struct Position {
+    last: Option<EventId>,
+    epoch: Option<String>,
 }
 
-/// `XREAD`'s reply: `[[stream, [entry...]]]`.
-fn stream_entries(value: &Value) -> Vec<LogEntry> {
-    let Value::Array(streams) = value else { return Vec::new() };
-    streams
-        .iter()
-        .filter_map(|stream| match stream {
-            Value::Array(pair) if pair.len() == 2 => Some(stream_range(&pair[1])),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-/// `XRANGE`'s reply: `[[id, [field, value, ...]], ...]`.
-fn stream_range(value: &Value) -> Vec<LogEntry> {
-    let Value::Array(entries) = value else { return Vec::new() };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else { return None };
-            let [id, Value::Array(fields)] = parts.as_slice() else { return None };
-            let id: EventId = text(id)?.parse().ok()?;
-            let mut decoded = LogEntry { id, topics: String::new(), data: String::new(), event: None, retry: None };
-            for pair in fields.chunks(2) {
-                let [name, value] = pair else { continue };
-                match (text(name).as_deref(), text(value)) {
-                    (Some("t"), Some(value)) => decoded.topics = value,
-                    (Some("d"), Some(value)) => decoded.data = value,
-                    (Some("e"), Some(value)) => decoded.event = Some(value),
-                    (Some("r"), Some(value)) => decoded.retry = value.parse().ok(),
-                    _ => {}
-                }
-            }
-            Some(decoded)
-        })
-        .collect()
+fn publish_error(error: CallError) -> ClusterError {
+    match error {
+        CallError::NotSent(why) | CallError::Refused(why) => ClusterError::Unavailable(why),
+        CallError::NoAnswer(why) => ClusterError::Unknown(why),
+    }
 }

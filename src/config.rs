@@ -206,9 +206,15 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_REDIS_BACKLOG", default_value_t = 10_000)]
     pub redis_backlog: usize,
 
-    /// Time allowed for one Redis command; a publish that takes longer gets 503.
+    /// Time allowed for a cluster publish, end to end (connect, write, answer): 503 when
+    /// nothing could be sent, 504 when it was sent and Redis did not answer in time.
     #[arg(long, env = "RINGCAST_REDIS_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub redis_timeout: Duration,
+
+    /// How long a publish's `Idempotency-Key` is remembered (a retry within it publishes
+    /// nothing new and answers the original ids).
+    #[arg(long, env = "RINGCAST_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = duration)]
+    pub idempotency_window: Duration,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
@@ -251,6 +257,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Time allowed for a publish request's body.
     pub body_timeout: Duration,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_window: Duration,
     /// Most concurrent streams on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
     /// Time allowed for streams to close at shutdown.
@@ -278,6 +286,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 << 10,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            idempotency_window: Duration::from_secs(600),
             max_streams_per_connection: 100,
             shutdown_grace: Duration::from_secs(5),
             send_buffer: 256 << 10,
@@ -322,6 +331,7 @@ impl Args {
             maxlen: self.redis_maxlen,
             backlog_events: self.redis_backlog,
             timeout: self.redis_timeout,
+            idempotency_window: self.idempotency_window,
             ..crate::cluster::ClusterConfig::default()
         })
     }
@@ -362,6 +372,7 @@ impl Args {
             max_header_bytes: self.max_header_bytes,
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
+            idempotency_window: self.idempotency_window,
             max_streams_per_connection: self.max_streams_per_connection,
             shutdown_grace: self.shutdown_grace,
             send_buffer: self.send_buffer,

@@ -23,7 +23,7 @@ pub async fn produce_to(cluster: std::sync::Arc<Cluster>) -> Result<(), ClusterE
         let cluster = std::sync::Arc::clone(&cluster);
         async move {
             let event = OwnedPublish { topics: vec!["demo".into()], event: Some("tick".into()), data, retry: None };
-            cluster.publish(std::slice::from_ref(&event)).await?;
+            cluster.publish(std::slice::from_ref(&event), None).await?;
             Ok(())
         }
     })

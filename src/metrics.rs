@@ -178,6 +178,8 @@ pub struct Metrics {
     pub resumes: Resumes,
     /// In-process producers that failed or panicked (and were restarted).
     pub producer_failures: Counter,
+    /// Cluster publishes answered 504: sent to Redis, no answer in time (outcome unknown).
+    pub publish_unknown: Counter,
     /// Resident set size of the process, bytes (read from /proc at each scrape).
     pub resident_bytes: Gauge,
     /// Frames held in all topic rings (set at each scrape).
@@ -223,6 +225,11 @@ impl Metrics {
         registry.register("resumes_exact", "Last-Event-ID resumed exactly", self.resumes.exact.clone());
         registry.register("resumes_reset", "Last-Event-ID not resumable: reset event sent", self.resumes.reset.clone());
         registry.register("producer_failures", "In-process producers restarted", self.producer_failures.clone());
+        registry.register(
+            "publish_outcome_unknown",
+            "Cluster publishes sent to Redis with no answer in time (504)",
+            self.publish_unknown.clone(),
+        );
         registry.register("process_resident_memory_bytes", "Resident set size", self.resident_bytes.clone());
         registry.register("ring_frames", "Frames held in all topic rings", self.ring_frames.clone());
         registry.register(

@@ -5,6 +5,7 @@
 //!   and responses (the header rule, limits, refusals, CORS, opening a stream).
 //! - `stream`: the one stream engine; `conn` (HTTP/1.1 front door and fast path), `h2`
 //!   (HTTP/2) and `http` (hyper) are its transports. `routes`: every route but the stream.
+//! - `idempotency`: the `Idempotency-Key` of publishes (a standalone server's table).
 //! - `watch`: the clock-driven watch over connections that serve several requests; `io`: the
 //!   replayed, watched connection bytes.
 //!
@@ -21,6 +22,7 @@ mod conn;
 pub(crate) mod ctx;
 mod h2;
 pub mod http;
+mod idempotency;
 mod io;
 mod request;
 mod routes;

@@ -35,6 +35,9 @@ pub(crate) struct Ctx {
     pub(crate) goodbye_lapped: Bytes,
     pub(crate) goodbye_shutdown: Bytes,
     pub(crate) goodbye_expired: Bytes,
+    /// The idempotency keys of recent publishes (a standalone server's; the cluster log keeps
+    /// its own).
+    pub(crate) recent: super::idempotency::Recent,
     /// Whether `/metrics` has a listener of its own (`--metrics-listen`); the main listener
     /// then answers it with 404.
     pub(crate) monitored: bool,
@@ -68,6 +71,7 @@ impl Ctx {
             goodbye_expired: Bytes::from_static(
                 b"event: token-expired\ndata: {\"reason\":\"the access token expired; reconnect with a fresh one\"}\n\n",
             ),
+            recent: super::idempotency::Recent::new(config.idempotency_window),
             monitored: false,
             kick: AtomicU64::new(0),
             security,

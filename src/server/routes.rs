@@ -12,9 +12,10 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use super::ctx::Ctx;
+use super::idempotency::Seen;
 use super::request::{Refusal, Reply, add_cors, complete, error_json, json, text};
-use crate::cluster::ClusterError;
-use crate::hub::{EventId, Publish, PublishError, TopicError};
+use crate::cluster::{ClusterError, Published};
+use crate::hub::{Publish, PublishError, TopicError};
 use crate::metrics::Rejection;
 use crate::wire::publish::{BodyError, Format, OwnedPublish};
 
@@ -131,14 +132,44 @@ fn health(ctx: &Ctx) -> Reply {
     )
 }
 
-/// `POST /publish`: read the body (within the size limit and the body timeout), parse,
-/// authorize, rate-limit, publish.
+/// The header of a publish answer that says what happened to the events when it was not
+/// `200`: `not-published` (nothing was published: fix or retry), or `unknown` (`504`: they
+/// may have been; retry with the same `Idempotency-Key`).
+pub(crate) const OUTCOME: &str = "ringcast-outcome";
+/// The header of a `200` that replays a known `Idempotency-Key`: nothing new was published.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
+
+/// `POST /publish`, with the outcome header on every answer but a success.
 async fn publish<B>(ctx: &Ctx, ip: IpAddr, request: Request<B>) -> Reply
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let mut reply = publish_request(ctx, ip, request).await;
+    let outcome = match reply.status() {
+        status if status.is_success() => return reply,
+        StatusCode::GATEWAY_TIMEOUT => "unknown",
+        _ => "not-published",
+    };
+    reply.headers_mut().insert(OUTCOME, HeaderValue::from_static(outcome));
+    reply
+}
+
+/// Reads the body (within the size limit and the body timeout), parses, authorizes,
+/// rate-limits, publishes.
+async fn publish_request<B>(ctx: &Ctx, ip: IpAddr, request: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let headers = super::request::RequestHeaders::of(request.headers());
+    let idempotency_key = match super::idempotency::key_of(request.headers()) {
+        Ok(key) => key,
+        Err(refusal) => {
+            ctx.metrics.reject(Rejection::BadRequest);
+            return refusal_json(refusal);
+        }
+    };
     let access_token = request.uri().query().and_then(|query| {
         form_urlencoded::parse(query.as_bytes())
             .find(|(key, _)| key == "access_token")
@@ -201,10 +232,14 @@ where
         ctx.metrics.reject(Rejection::PublishRate);
         return refusal_json(Refusal::limited(&limited));
     }
-    match publish_events(ctx, &events).await {
-        Ok(ids) => {
+    match publish_events(ctx, &events, idempotency_key.as_deref()).await {
+        Ok(Published { ids, replayed }) => {
             let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-            json(StatusCode::OK, &serde_json::json!({ "ids": ids }))
+            let mut reply = json(StatusCode::OK, &serde_json::json!({ "ids": ids }));
+            if replayed {
+                reply.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+            }
+            reply
         }
         Err(refusal) => refusal_json(refusal),
     }
@@ -217,17 +252,38 @@ fn refusal_json(refusal: Refusal) -> Reply {
     reply
 }
 
-/// Publishes through the cluster log (cluster mode) or into the hub.
-async fn publish_events(ctx: &Ctx, events: &[OwnedPublish]) -> Result<Vec<EventId>, Refusal> {
+/// Publishes through the cluster log (cluster mode) or into the hub, at most once per
+/// idempotency key (see `idempotency`).
+async fn publish_events(ctx: &Ctx, events: &[OwnedPublish], key: Option<&str>) -> Result<Published, Refusal> {
+    let key_reused = || Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, ClusterError::KeyReused.to_string());
     let result = match &ctx.config.cluster {
         None => {
-            let mut topics = Vec::new();
-            let views = Publish::borrow_all(events, &mut topics);
-            if views.len() == 1 { ctx.hub.publish(&views[0]).map(|id| vec![id]) } else { ctx.hub.publish_batch(&views) }
+            let publish = || {
+                let mut topics = Vec::new();
+                let views = Publish::borrow_all(events, &mut topics);
+                if views.len() == 1 {
+                    ctx.hub.publish(&views[0]).map(|id| vec![id])
+                } else {
+                    ctx.hub.publish_batch(&views)
+                }
+            };
+            match key {
+                None => publish().map(|ids| Published { ids, replayed: false }),
+                Some(key) => match ctx.recent.publish(key, crate::wire::publish::digest(events), publish) {
+                    Ok((Seen::Conflict, _)) => return Err(key_reused()),
+                    Ok((seen, ids)) => Ok(Published { ids, replayed: matches!(seen, Seen::Replay(_)) }),
+                    Err(error) => Err(error),
+                },
+            }
         }
-        Some(cluster) => match cluster.publish(events).await {
-            Ok(ids) => Ok(ids),
+        Some(cluster) => match cluster.publish(events, key).await {
+            Ok(published) => Ok(published),
             Err(ClusterError::Invalid(error)) => Err(error),
+            Err(ClusterError::KeyReused) => return Err(key_reused()),
+            Err(error @ ClusterError::Unknown(_)) => {
+                ctx.metrics.publish_unknown.inc();
+                return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()));
+            }
             Err(error) => return Err(Refusal::unavailable(error.to_string())),
         },
     };

@@ -1,6 +1,6 @@
 //! Publishing: every body format, and every bad input gets its 4xx and publishes nothing.
 
-use crate::support::{Options, SseClient, request, start};
+use crate::support::{Options, SseClient, WAIT, request, start};
 
 #[tokio::test]
 async fn form_json_and_ndjson_publish_and_answer_with_ids() {
@@ -75,4 +75,33 @@ async fn every_bad_input_gets_its_4xx_and_publishes_nothing() {
         assert!(message.contains(reason), "{name}: {message:?} should mention {reason:?}");
         assert_eq!(server.hub.last_event_id().seq, 0, "{name}: nothing may be published");
     }
+}
+
+/// `Idempotency-Key` on a standalone server: a retry of the same batch answers the original
+/// ids and publishes nothing; the key with another batch is refused; a bad key is refused.
+#[tokio::test]
+async fn an_idempotency_key_publishes_once() {
+    use crate::support::{Answer, publish_keyed};
+    let server = start(Options::default()).await;
+    let mut client = SseClient::connect(server.addr, "/events?topic=t", &[]).await;
+    let body = serde_json::json!({ "topic": "t", "data": "once" });
+    let Answer::Ok { ids, replayed: false } = publish_keyed(server.addr, "order-1", &body, WAIT).await else {
+        panic!("the first publish")
+    };
+    let again = publish_keyed(server.addr, "order-1", &body, WAIT).await;
+    assert_eq!(again, Answer::Ok { ids: ids.clone(), replayed: true }, "the retry answers the original ids");
+    let other = serde_json::json!({ "topic": "t", "data": "different" });
+    let Answer::Refused { status, outcome, body: text } = publish_keyed(server.addr, "order-1", &other, WAIT).await
+    else {
+        panic!("a reused key")
+    };
+    assert_eq!((status, outcome.as_deref()), (422, Some("not-published")), "{text}");
+    let Answer::Refused { status, .. } = publish_keyed(server.addr, "has space", &body, WAIT).await else {
+        panic!("a bad key")
+    };
+    assert_eq!(status, 400);
+    publish_keyed(server.addr, "order-2", &serde_json::json!({ "topic": "t", "data": "next" }), WAIT).await;
+    let events = client.events(2).await;
+    assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["once", "next"], "published once");
+    assert_eq!(events[0].last_event_id, ids[0]);
 }

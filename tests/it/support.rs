@@ -276,6 +276,73 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// What a publish answered, as a publisher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// 200, with the ids, and whether it replayed a known idempotency key.
+    Ok { ids: Vec<String>, replayed: bool },
+    /// Any other status (the outcome header, the body).
+    Refused { status: u16, outcome: Option<String>, body: String },
+    /// No answer within the client's timeout: the outcome is unknown to the publisher.
+    Silent,
+}
+
+/// Publishes `body` (JSON) with `Idempotency-Key: key`, waiting at most `wait` for the answer.
+pub(crate) async fn publish_keyed(addr: SocketAddr, key: &str, body: &serde_json::Value, wait: Duration) -> Answer {
+    let headers = [("content-type", "application/json"), ("idempotency-key", key)];
+    let body = body.to_string();
+    let Ok((status, head, text)) =
+        tokio::time::timeout(wait, try_request(addr, "POST", "/publish", &headers, body.as_bytes())).await
+    else {
+        return Answer::Silent;
+    };
+    let Some(status) = status else { return Answer::Silent };
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        })
+    };
+    if status == 200 {
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON, got {text:?}"));
+        let ids = parsed["ids"].as_array().expect("ids").iter().map(|id| id.as_str().expect("id").to_owned()).collect();
+        return Answer::Ok { ids, replayed: header("idempotent-replayed").as_deref() == Some("true") };
+    }
+    Answer::Refused { status, outcome: header("ringcast-outcome"), body: text }
+}
+
+/// Like `request`, but a connection error or reset is `None` (a node or Redis under test
+/// may be paused or gone).
+async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (Option<u16>, String, String) {
+    let attempt = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body).await?;
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await?;
+        std::io::Result::Ok(raw)
+    };
+    let Ok(raw) = attempt.await else { return (None, String::new(), String::new()) };
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    (status, head.to_owned(), body.to_owned())
+}
+
 /// Publishes a JSON body; returns (status, parsed response).
 pub(crate) async fn publish_json(addr: SocketAddr, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let (status, _, text) =
@@ -348,6 +415,20 @@ impl RedisServer {
         }
     }
 
+    /// Stops it with `SIGSTOP` (it keeps its connections and answers nothing) until `resume`.
+    pub(crate) fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "STOP");
+        }
+    }
+
+    /// Lets a paused server go on (`SIGCONT`).
+    pub(crate) fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
+    }
+
     /// Starts it again on the same port, with its data (`keep_data`) or empty.
     pub(crate) fn restart(&mut self, keep_data: bool) {
         self.kill();
@@ -356,6 +437,12 @@ impl RedisServer {
         }
         self.spawn();
     }
+}
+
+/// Sends `SIGNAL` (a name such as `STOP`) to a process this test started.
+pub(crate) fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    assert!(status.is_ok_and(|status| status.success()), "kill -{signal} {pid} failed");
 }
 
 impl Drop for RedisServer {
@@ -544,6 +631,16 @@ impl Binary {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { addr, child }
+    }
+
+    /// Pauses the process (`SIGSTOP`), as a stalled or descheduled node would be.
+    pub(crate) fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a paused process go on (`SIGCONT`).
+    pub(crate) fn resume(&self) {
+        signal(self.child.id(), "CONT");
     }
 
     /// The process's resident set size, bytes.

@@ -104,3 +104,20 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn the_digest_tells_batches_apart_and_is_stable() {
+    let event = |topics: &[&str], data: &str| OwnedPublish {
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        event: None,
+        data: data.to_owned(),
+        retry: None,
+    };
+    let one = [event(&["a"], "bc")];
+    assert_eq!(super::digest(&one), super::digest(&one.clone()));
+    assert_ne!(super::digest(&one), super::digest(&[event(&["ab"], "c")]));
+    assert_ne!(super::digest(&one), super::digest(&[event(&["a", "b"], "c")]));
+    assert_ne!(super::digest(&one), super::digest(&[OwnedPublish { retry: Some(5), ..event(&["a"], "bc") }]));
+    // Fixed, so every node and every version agrees on it.
+    assert_eq!(super::digest(&[]), 0xcbf2_9ce4_8422_2325);
+}

@@ -1,0 +1,160 @@
+//! Retrying a publish without duplicates: the `Idempotency-Key` request header.
+//!
+//! A publish with a key is remembered for the idempotency window with the digest of its
+//! batch and the ids it got. The same key again, with the same batch, answers the original
+//! ids and publishes nothing; with another batch it is refused (422). In cluster mode the
+//! log remembers keys in Redis (every node honours them, see `cluster`); a standalone
+//! server keeps them here, in a table bounded in size and time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use super::request::Refusal;
+use crate::hub::EventId;
+
+/// The request header.
+pub(crate) const HEADER: &str = "idempotency-key";
+/// Longest key, in bytes.
+const MAX_KEY_LEN: usize = 200;
+/// Most keys a standalone server remembers; beyond, the oldest are forgotten early.
+const MAX_KEYS: usize = 100_000;
+
+/// The key of a request, if it has one; `Err` for a malformed one (400).
+pub(crate) fn key_of(headers: &http::HeaderMap) -> Result<Option<String>, Refusal> {
+    let mut values = headers.get_all(HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let malformed = || {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters, given once"),
+        )
+    };
+    let bytes = value.as_bytes();
+    if values.next().is_some()
+        || bytes.is_empty()
+        || bytes.len() > MAX_KEY_LEN
+        || !bytes.iter().all(u8::is_ascii_graphic)
+    {
+        return Err(malformed());
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// What a key was used for.
+#[derive(Debug, Clone)]
+struct Remembered {
+    digest: u64,
+    ids: Vec<EventId>,
+}
+
+/// What to do with a keyed publish.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A new key: publish, then `remember`.
+    New,
+    /// The same batch was published with this key: these are its ids.
+    Replay(Vec<EventId>),
+    /// The key was used for another batch.
+    Conflict,
+}
+
+/// A standalone server's remembered keys (module docs).
+#[derive(Debug)]
+pub(crate) struct Recent {
+    window: Duration,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_key: HashMap<String, Remembered>,
+    /// Keys in the order they were remembered, with when (for expiry and the size bound).
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    pub(crate) fn new(window: Duration) -> Self {
+        Self { window, table: Mutex::new(Table::default()) }
+    }
+
+    /// Looks `key` up for a batch of `digest`, and if it is new runs `publish` and remembers
+    /// its ids, all under the table's lock (so two requests with one key publish once).
+    pub(crate) fn publish<E>(
+        &self,
+        key: &str,
+        digest: u64,
+        publish: impl FnOnce() -> Result<Vec<EventId>, E>,
+    ) -> Result<(Seen, Vec<EventId>), E> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while let Some((at, _)) = table.order.front() {
+            if now.duration_since(*at) < self.window && table.order.len() < MAX_KEYS {
+                break;
+            }
+            if let Some((_, old)) = table.order.pop_front() {
+                table.by_key.remove(&old);
+            }
+        }
+        if let Some(seen) = table.by_key.get(key) {
+            return Ok(if seen.digest == digest {
+                (Seen::Replay(seen.ids.clone()), seen.ids.clone())
+            } else {
+                (Seen::Conflict, Vec::new())
+            });
+        }
+        let ids = publish()?;
+        table.by_key.insert(key.to_owned(), Remembered { digest, ids: ids.clone() });
+        table.order.push_back((now, key.to_owned()));
+        Ok((Seen::New, ids))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Recent, Seen, key_of};
+    use crate::hub::EventId;
+
+    #[test]
+    fn a_key_publishes_once_and_replays_its_ids() {
+        let recent = Recent::new(Duration::from_secs(60));
+        let ids = vec![EventId { epoch: 1, seq: 7 }];
+        let mut calls = 0;
+        let mut publish = || {
+            calls += 1;
+            Ok::<_, ()>(ids.clone())
+        };
+        assert_eq!(recent.publish("k", 1, &mut publish), Ok((Seen::New, ids.clone())));
+        assert_eq!(recent.publish("k", 1, &mut publish), Ok((Seen::Replay(ids.clone()), ids.clone())));
+        assert_eq!(recent.publish("k", 2, &mut publish), Ok((Seen::Conflict, Vec::new())));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "a synchronous test waiting out a 1 ms window")]
+    fn keys_are_forgotten_after_the_window() {
+        let recent = Recent::new(Duration::from_millis(1));
+        assert!(recent.publish("k", 1, || Ok::<_, ()>(vec![])).is_ok());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(recent.publish("k", 2, || Ok::<_, ()>(vec![])), Ok((Seen::New, vec![])));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(key_of(&headers).map_err(|_| ()), Ok(None));
+        headers.insert("idempotency-key", "order-42".parse().expect("value"));
+        assert_eq!(key_of(&headers).map_err(|_| ()), Ok(Some("order-42".to_owned())));
+        for bad in ["", "has space", &"x".repeat(201)] {
+            headers.insert("idempotency-key", bad.parse().expect("value"));
+            assert!(key_of(&headers).is_err(), "{bad:?}");
+        }
+        headers.insert("idempotency-key", "a".parse().expect("value"));
+        headers.append("idempotency-key", "b".parse().expect("value"));
+        assert!(key_of(&headers).is_err(), "given twice");
+    }
+}
