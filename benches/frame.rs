@@ -24,7 +24,7 @@ const LINE_BREAKS: usize = 4;
 fn data(len: usize) -> String {
     let every = len / (LINE_BREAKS + 1);
     let byte_at = |i: usize| {
-        let line_break = i > 0 && i % every == 0 && i / every <= LINE_BREAKS;
+        let line_break = i > 0 && i.is_multiple_of(every) && i / every <= LINE_BREAKS;
         if line_break { '\n' } else { char::from(b'a' + (i % 26) as u8) }
     };
     (0..len).map(byte_at).collect()

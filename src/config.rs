@@ -216,6 +216,47 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = duration)]
     pub idempotency_window: Duration,
 
+    /// Keep every published event in a crash-safe log in this directory, so history
+    /// survives restarts: `Last-Event-ID` resumes across them, from the rings or the log
+    /// (a standalone node; cluster mode keeps history in Redis).
+    #[arg(long, env = "RINGCAST_DATA_DIR", conflicts_with = "redis")]
+    pub data_dir: Option<PathBuf>,
+
+    /// When the log syncs to disk: `always` (before a publish is acknowledged; one sync per
+    /// group of waiting publishes), `interval` (within --fsync-interval), or `never`.
+    #[arg(long, env = "RINGCAST_FSYNC", value_enum, default_value_t = crate::store::Fsync::Interval)]
+    pub fsync: crate::store::Fsync,
+
+    /// The longest time between a write to the log and its sync (`--fsync interval`): what a
+    /// power cut can lose (a process crash loses nothing).
+    #[arg(long, env = "RINGCAST_FSYNC_INTERVAL", default_value = "10ms", value_parser = duration)]
+    pub fsync_interval: Duration,
+
+    /// Keep at most this many events in the log (whole segments are dropped, oldest first).
+    #[arg(long, env = "RINGCAST_RETAIN_EVENTS")]
+    pub retain_events: Option<u64>,
+
+    /// Keep at most this many bytes of log (`10GiB`, `512MiB`, or bytes); `0` for no bound.
+    #[arg(long, env = "RINGCAST_RETAIN_BYTES", default_value = "1GiB", value_parser = size)]
+    pub retain_bytes: u64,
+
+    /// Drop log segments whose newest event is older than this (e.g. `7d` is `168h`).
+    #[arg(long, env = "RINGCAST_RETAIN_AGE", value_parser = duration)]
+    pub retain_age: Option<Duration>,
+
+    /// Most events one resume may replay from the log (beyond: the reset event).
+    #[arg(long, env = "RINGCAST_REPLAY_LIMIT", default_value_t = 10_000)]
+    pub replay_limit: usize,
+
+    /// Size of one log segment file (`64MiB`); retention drops whole segments.
+    #[arg(long, env = "RINGCAST_SEGMENT_BYTES", default_value = "64MiB", value_parser = size)]
+    pub segment_bytes: u64,
+
+    /// Start even if the log has a corrupt record in the middle, keeping it up to the last
+    /// good record (everything after it is dropped). Without it, such a log stops the start.
+    #[arg(long, env = "RINGCAST_LOG_RECOVER")]
+    pub log_recover: bool,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -236,6 +277,29 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             "`{text}` is not a positive duration: give seconds (`10`) or a value with a unit (`10s`, `500ms`, `2m`)"
         )),
     }
+}
+
+/// A size in bytes: a number, optionally with a unit (`KiB`, `MiB`, `GiB`, `TiB`, or the
+/// decimal `KB`, `MB`, `GB`, `TB`; `B`).
+pub fn size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => u64::MAX,
+    };
+    number.parse::<u64>().ok().filter(|_| multiplier != u64::MAX).and_then(|n| n.checked_mul(multiplier)).ok_or_else(
+        || format!("`{text}` is not a size: give bytes (`1048576`) or a value with a unit (`512MiB`, `10GiB`)"),
+    )
 }
 
 /// Settings of the HTTP front end (everything not in [`HubConfig`]).
@@ -273,6 +337,9 @@ pub struct ServerConfig {
     pub test_hooks: bool,
     /// Cluster mode: the node's link to the Redis log (its hub must be `Mode::Fed`).
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// The durable log of a standalone node (`--data-dir`), which serves resumes older
+    /// than the rings.
+    pub store: Option<std::sync::Arc<crate::store::Store>>,
 }
 
 impl Default for ServerConfig {
@@ -294,6 +361,7 @@ impl Default for ServerConfig {
             security: SecurityConfig::default(),
             test_hooks: false,
             cluster: None,
+            store: None,
         }
     }
 }
@@ -333,6 +401,22 @@ impl Args {
             timeout: self.redis_timeout,
             idempotency_window: self.idempotency_window,
             ..crate::cluster::ClusterConfig::default()
+        })
+    }
+
+    /// The log's settings, if `--data-dir` is set.
+    pub fn store_config(&self) -> Option<crate::store::StoreConfig> {
+        let dir = self.data_dir.clone()?;
+        Some(crate::store::StoreConfig {
+            fsync: self.fsync,
+            fsync_interval: self.fsync_interval,
+            segment_bytes: self.segment_bytes.max(4096),
+            retain_events: self.retain_events,
+            retain_bytes: (self.retain_bytes > 0).then_some(self.retain_bytes),
+            retain_age: self.retain_age,
+            replay_limit: self.replay_limit,
+            recover: self.log_recover,
+            ..crate::store::StoreConfig::new(dir)
         })
     }
 
@@ -380,6 +464,7 @@ impl Args {
             security,
             test_hooks: self.test_hooks,
             cluster: None,
+            store: None,
         };
         let hub = HubConfig {
             ring_capacity: self.ring_capacity as usize,

@@ -11,17 +11,21 @@
 //! - `topics`: the topic registry, [`Frame`], topic name rules.
 //! - `resume`: the resume plan, [`Start`], [`ResetReason`], the `reset` frame.
 //! - `subscription`: [`Subscription`], one client's merged cursors.
+//! - `journal`: publishing through a durable log ([`Journal`]: the rings after the disk).
 //! - `tasks`: the clock and the topic sweeper.
 //!
 //! # Invariants
-//! - Only `Hub::commit` writes into topic rings, and only under the sequencer lock; the
-//!   three ways in (`publish_batch`, `ingest`, `reset_all`) all go through it.
+//! - Only `Hub::write_rings` writes into topic rings, always in key order: under the
+//!   sequencer lock (`commit`, the way in of `publish_batch`, `ingest`, `reset_all` and
+//!   `restore`), or, with a durable log, from the journal (`commit_batch`), which takes
+//!   batches in key order under that lock and commits them in the same order.
 //! - `published` is the key of the last event whose frames are in all of its rings.
 //! - Topics are used only under the registry's read lock (see `topics`).
 
 mod config;
 mod error;
 mod id;
+mod journal;
 mod publish;
 mod resume;
 mod subscription;
@@ -41,13 +45,15 @@ pub use self::config::HubConfig;
 pub(crate) use self::config::ticks;
 pub use self::error::{NoRuntime, PublishError, SubscribeError, TopicError};
 use self::id::Ids;
+pub(crate) use self::id::now_ms;
 pub use self::id::{EventId, FED_SEQ_LIMIT, InvalidEventId, Mode};
+pub use self::journal::{Batch, Journal, JournalError, Staged};
 pub use self::publish::Publish;
 pub use self::resume::{Gap, ResetReason, Start};
 use self::resume::{Plan, Wanted, reset_frame, seek_after};
 pub use self::subscription::{Budget, Next, Subscription};
 pub(crate) use self::topics::Topic;
-pub use self::topics::{Frame, TopicStats, check_topic_name};
+pub use self::topics::{Frame, RESERVED_PREFIX, TopicStats, check_topic_name};
 use self::topics::{Resolved, Topics};
 use crate::metrics::Metrics;
 use crate::ring::{Cursor, Ring};
@@ -67,6 +73,8 @@ struct Inner {
     clock: Ring<()>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    /// The durable log publishes go through, if any (set once, see `journal`).
+    journal: std::sync::OnceLock<Arc<dyn Journal>>,
 }
 
 /// The hub: cheap to clone, shared by the server, producers and embedders.
@@ -80,6 +88,9 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub").field("ids", &self.inner.ids).field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
+
+/// The ids of a publish and, with a durable log, where its outcome comes.
+type Published = (Vec<EventId>, Option<tokio::sync::oneshot::Receiver<Result<(), JournalError>>>);
 
 /// A subscription planned but not opened yet (topics resolved and held, positions chosen).
 pub(crate) struct Planned<'a> {
@@ -97,12 +108,22 @@ impl Hub {
 
     /// Makes a hub of `mode` (see [`Mode`]).
     pub fn with_mode(config: HubConfig, metrics: Arc<Metrics>, mode: Mode) -> Result<Self, NoRuntime> {
+        Self::make(config, metrics, Ids { mode, epoch: now_ms() })
+    }
+
+    /// Makes a standalone hub whose ids have the epoch `epoch` (a durable log's, so that ids
+    /// keep increasing, and resume, across restarts).
+    pub fn with_epoch(config: HubConfig, metrics: Arc<Metrics>, epoch: u64) -> Result<Self, NoRuntime> {
+        Self::make(config, metrics, Ids { mode: Mode::Standalone, epoch })
+    }
+
+    fn make(config: HubConfig, metrics: Arc<Metrics>, ids: Ids) -> Result<Self, NoRuntime> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let (clock, clock_dispatcher) = Ring::new(4);
         runtime.spawn(clock_dispatcher);
         let hub = Self {
             inner: Arc::new(Inner {
-                ids: Ids { mode, epoch: id::now_ms() },
+                ids,
                 topics: Topics::new(config.ring_capacity, config.max_topics, runtime.clone()),
                 sequencer: Mutex::new(0),
                 published: AtomicU64::new(0),
@@ -110,6 +131,7 @@ impl Hub {
                 metrics,
                 runtime,
                 config,
+                journal: std::sync::OnceLock::new(),
             }),
         };
         let inner = &hub.inner;
@@ -229,19 +251,35 @@ impl Hub {
         self.inner.published.load(Acquire)
     }
 
-    /// Publishes one event; returns its id.
+    /// Publishes one event; returns its id. With a durable log this does not wait for the
+    /// disk (see [`Hub::publish_acked`]).
     pub fn publish(&self, event: &Publish<'_>) -> Result<EventId, PublishError> {
-        let ids = self.publish_entries(std::slice::from_ref(event), false)?;
+        let (ids, _) = self.publish_entries(std::slice::from_ref(event), false)?;
         Ok(ids[0])
     }
 
     /// Publishes a batch atomically with respect to validation: if any entry is invalid,
     /// nothing is published and the error names the entry. Entries get consecutive ids.
+    /// With a durable log this does not wait for the disk (see [`Hub::publish_acked`]).
     pub fn publish_batch(&self, batch: &[Publish<'_>]) -> Result<Vec<EventId>, PublishError> {
-        self.publish_entries(batch, true)
+        self.publish_entries(batch, true).map(|(ids, _)| ids)
     }
 
-    fn publish_entries(&self, batch: &[Publish<'_>], numbered: bool) -> Result<Vec<EventId>, PublishError> {
+    /// Like [`Hub::publish_batch`] (numbered errors only for several entries), but with a
+    /// durable log it returns once the log has the batch (as its fsync policy says) and
+    /// subscribers can see it; if the log fails, nothing of the batch is published.
+    pub async fn publish_acked(&self, batch: &[Publish<'_>]) -> Result<Vec<EventId>, PublishError> {
+        let (ids, done) = self.publish_entries(batch, batch.len() > 1)?;
+        let Some(done) = done else { return Ok(ids) };
+        match done.await {
+            Ok(Ok(())) => Ok(ids),
+            Ok(Err(error)) => Err(PublishError::Journal(error)),
+            Err(_) => Err(PublishError::Journal(JournalError::Closed)),
+        }
+    }
+
+    /// Publishes `batch`: returns the ids and, with a durable log, where its outcome comes.
+    fn publish_entries(&self, batch: &[Publish<'_>], numbered: bool) -> Result<Published, PublishError> {
         if self.is_shut_down() {
             return Err(PublishError::ShuttingDown);
         }
@@ -260,10 +298,17 @@ impl Hub {
         }
         let topics = self.resolve(&unique).map_err(|error| PublishError::Topic { error, index: None })?;
         let clock = self.clock_tick();
+        for topic in &topics.topics {
+            // Active now, so the sweeper cannot drop it before a durable log commits.
+            topic.touch(clock);
+        }
+        let journal = self.journal();
+        let mut staged = Vec::new();
         let mut ids = Vec::with_capacity(batch.len());
         let mut id_text = String::with_capacity(48);
         let mut targets: Vec<usize> = Vec::new();
         let mut sequencer = self.sequencer();
+        let first = *sequencer + 1;
         for entry in batch {
             let key = *sequencer + 1;
             let id = self.id_of(key);
@@ -279,18 +324,60 @@ impl Hub {
             targets.extend(entry.topics.iter().filter_map(|name| slot.get(name).copied()));
             targets.sort_unstable();
             targets.dedup();
-            self.commit(&mut sequencer, key, &buf.freeze(), targets.iter().map(|&i| &topics.topics[i]), clock);
+            let frame = buf.freeze();
+            if journal.is_some() {
+                let topics = targets.iter().map(|&i| Arc::clone(&topics.topics[i])).collect();
+                staged.push(Staged { key, topics, frame });
+                *sequencer = key;
+            } else {
+                self.commit(&mut sequencer, key, &frame, targets.iter().map(|&i| &topics.topics[i]), clock);
+            }
             ids.push(id);
         }
-        drop(sequencer);
-        drop(topics);
-        self.inner.metrics.events_published.inc_by(ids.len() as u64);
-        Ok(ids)
+        let Some(journal) = journal else {
+            drop(sequencer);
+            self.inner.metrics.events_published.inc_by(ids.len() as u64);
+            return Ok((ids, None));
+        };
+        let persist = !unique.iter().all(|name| name.starts_with(RESERVED_PREFIX));
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        if let Err(error) = journal.append(Batch { events: staged, persist, clock, done: Some(done) }) {
+            *sequencer = first - 1; // refused under the lock: nobody took a key since
+            return Err(PublishError::Journal(error));
+        }
+        Ok((ids, Some(outcome)))
     }
 
-    /// Writes one event into the rings of `targets` (distinct topics, resolved under the
-    /// registry's read lock) and makes `key` the last published key. The only writer of topic
-    /// rings; `sequencer` is the locked sequencer, so callers are serialized.
+    /// Restores an event from the durable log at start, in key order: into the rings of its
+    /// topics (created as needed), and as the last key. An event of a topic the registry
+    /// cannot take (`max_topics`) is left to the log (a resume across it is served from
+    /// there); returns whether it went into the rings.
+    pub fn restore(&self, key: u64, topic_names: &[&str], frame: &Bytes) -> bool {
+        let restored = if let Ok(topics) = self.resolve(topic_names) {
+            let mut sequencer = self.sequencer();
+            if key <= *sequencer {
+                return false;
+            }
+            self.commit(&mut sequencer, key, frame, &topics.topics, self.clock_tick());
+            true
+        } else {
+            for name in topic_names {
+                self.inner.topics.note_dropped(name, key);
+            }
+            let mut sequencer = self.sequencer();
+            *sequencer = (*sequencer).max(key);
+            // Release: as in `write_rings`.
+            self.inner.published.store(*sequencer, Release);
+            false
+        };
+        if restored {
+            self.inner.metrics.events_published.inc();
+        }
+        restored
+    }
+
+    /// Writes one event into the rings under the sequencer lock and makes `key` the last
+    /// assigned key (the memory-only way in; `sequencer` is the locked sequencer).
     fn commit<'t>(
         &self,
         sequencer: &mut MutexGuard<'_, u64>,
@@ -300,15 +387,23 @@ impl Hub {
         clock: u64,
     ) {
         debug_assert!(key > **sequencer, "order keys increase");
+        self.write_rings(key, bytes, targets, clock);
+        **sequencer = key;
+    }
+
+    /// Writes one event into the rings of `targets` (distinct topics) and makes `key` the
+    /// last published key. The only writer of topic rings; its callers call it in key order
+    /// (see the module invariants).
+    fn write_rings<'t>(&self, key: u64, bytes: &Bytes, targets: impl IntoIterator<Item = &'t Arc<Topic>>, clock: u64) {
         for topic in targets {
-            // Relaxed: `last_seq` is written only here, under the sequencer lock.
+            // Relaxed: `last_seq` is written only here, by one writer at a time (the
+            // sequencer's holder, or the journal).
             let prev = topic.last_seq.load(Relaxed).max(topic.created_after);
             topic.ring.publish(Frame { seq: key, prev, bytes: bytes.clone() });
             topic.last_seq.store(key, Relaxed);
             // Relaxed: a statistic for the sweeper.
-            topic.last_active.store(clock, Relaxed);
+            topic.last_active.fetch_max(clock, Relaxed);
         }
-        **sequencer = key;
         // Release: pairs with the Acquire load in `published`: a reader that sees `key` sees
         // every frame of every event up to it in its rings.
         self.inner.published.store(key, Release);
@@ -448,7 +543,9 @@ impl Hub {
         let topics = self.resolve(&unique)?;
         let head = self.published();
         let wanted = Wanted::of(self.ids(), head, last_event_id);
-        let plan = resume::plan(wanted, self.mode() == Mode::Fed, head, |after| self.seek_all(&topics, after));
+        // A fed hub's cluster log, or a durable log, can fill what the rings no longer hold.
+        let has_log = self.mode() == Mode::Fed || self.journal().is_some();
+        let plan = resume::plan(wanted, has_log, head, |after| self.seek_all(&topics, after));
         Ok(Planned { topics, plan, head })
     }
 

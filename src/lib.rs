@@ -8,7 +8,8 @@
 //! - [`wire`]: the pure codecs: SSE frames, a client-side parser, publish bodies, query strings.
 //! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
 //! - [`security`]: authorization (JWT), CORS, TLS, rate and connection limits.
-//! - [`cluster`]: scale-out on Redis Streams (a node's consumer loop and cluster publishing).
+//! - [`cluster`]: scale-out on Redis Streams (a node's consumer loop and cluster publishing);
+//!   [`store`]: the durable event log of a single node (`--data-dir`).
 //! - [`producer`]: in-process producers under supervision; [`demo`]: the `--demo` producer;
 //!   [`dashboard`]: the page at `GET /` and the `$sys/stats` topic it reads.
 //! - [`config`]: command-line options and the settings they make.
@@ -52,3 +53,5 @@ pub mod producer;
 pub mod security;
 #[cfg(not(ringcast_loom))]
 pub mod server;
+#[cfg(not(ringcast_loom))]
+pub mod store;

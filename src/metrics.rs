@@ -8,6 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Why a stream ended.
@@ -149,6 +150,50 @@ pub struct Resumes {
     pub reset: Counter,
 }
 
+/// The durable event log's metrics (`--data-dir`), exported only when a log is open.
+#[derive(Debug)]
+pub struct LogMetrics {
+    /// Whether a log is open (set once, by the log).
+    enabled: std::sync::atomic::AtomicBool,
+    /// Bytes of the log's segments (set at each scrape).
+    pub bytes: Gauge,
+    /// Segments (set at each scrape).
+    pub segments: Gauge,
+    /// The oldest key the log holds (the `SEQ` of its oldest event id; set at each scrape).
+    pub oldest_seq: Gauge,
+    /// Publishes refused because the log could not be written.
+    pub append_errors: Counter,
+    /// Time of each `fdatasync`, seconds.
+    pub fsync_seconds: Histogram,
+}
+
+impl Default for LogMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: std::sync::atomic::AtomicBool::new(false),
+            bytes: Gauge::default(),
+            segments: Gauge::default(),
+            oldest_seq: Gauge::default(),
+            append_errors: Counter::default(),
+            // 16 µs to about 0.5 s.
+            fsync_seconds: Histogram::new(exponential_buckets(16e-6, 2.0, 16)),
+        }
+    }
+}
+
+impl LogMetrics {
+    /// A log is open: export these metrics.
+    pub fn enable(&self) {
+        // Relaxed: a flag read at scrapes; nothing else is ordered by it.
+        self.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn enabled(&self) -> bool {
+        // Relaxed: as in `enable`.
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// All metrics of a server.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -186,6 +231,8 @@ pub struct Metrics {
     pub ring_frames: Gauge,
     /// The fullest ring's fill, in per mille of its capacity (set at each scrape).
     pub ring_fill_max: Gauge,
+    /// The durable log's metrics (`--data-dir`).
+    pub log: LogMetrics,
 }
 
 impl Metrics {
@@ -237,6 +284,26 @@ impl Metrics {
             "The fullest topic ring's fill, per mille of its capacity",
             self.ring_fill_max.clone(),
         );
+        if self.log.enabled() {
+            let log = &self.log;
+            registry.register("log_bytes", "Bytes of the event log's segments", log.bytes.clone());
+            registry.register("log_segments", "Segments of the event log", log.segments.clone());
+            registry.register(
+                "log_oldest_seq",
+                "The oldest event the log holds (its id's SEQ)",
+                log.oldest_seq.clone(),
+            );
+            registry.register(
+                "log_append_errors",
+                "Publishes refused because the event log could not be written",
+                log.append_errors.clone(),
+            );
+            registry.register(
+                "log_fsync_seconds",
+                "Time of each fdatasync of the event log",
+                log.fsync_seconds.clone(),
+            );
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut text, &registry).ok();

@@ -46,9 +46,26 @@ fn main() -> anyhow::Result<()> {
         };
         let metrics = Arc::new(Metrics::default());
         let cluster_config = args.cluster_config();
-        let mode = if cluster_config.is_some() { Mode::Fed } else { Mode::Standalone };
-        let hub = Hub::with_mode(hub_config.clone(), metrics, mode)?;
         let mut server_config = server_config;
+        let hub = if let Some(store_config) = args.store_config() {
+            // Beyond RLIMIT_FSIZE a write fails with EFBIG (a full disk) instead of the
+            // signal killing the process.
+            let file_size_limit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+                .context("could not handle SIGXFSZ")?;
+            std::mem::forget(file_size_limit);
+            let dir = store_config.dir.clone();
+            let opening = ringcast::store::Store::open(store_config)
+                .with_context(|| format!("could not open the event log in {}", dir.display()))?;
+            let hub = Hub::with_epoch(hub_config.clone(), metrics, opening.epoch())?;
+            let store = opening
+                .recover(&hub)
+                .with_context(|| format!("could not recover the event log in {}", dir.display()))?;
+            server_config.store = Some(store);
+            hub
+        } else {
+            let mode = if cluster_config.is_some() { Mode::Fed } else { Mode::Standalone };
+            Hub::with_mode(hub_config.clone(), metrics, mode)?
+        };
         if let Some(cluster_config) = cluster_config {
             tracing::info!(redis = %cluster_config.url, stream = %cluster_config.stream, "cluster mode");
             server_config.cluster = Some(Cluster::start(cluster_config, hub.clone())?);
@@ -62,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             metrics_listen = ?args.metrics_listen,
             demo = args.demo,
             tls = server_config.security.tls.is_some(),
+            data_dir = ?args.data_dir,
             auth = server_config.security.auth.key.is_some(),
             "ringcast listening"
         );
@@ -74,7 +92,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let listeners = ringcast::server::Listeners { main: listener, monitor };
+        let store = server_config.store.clone();
         ringcast::server::run(listeners, hub, server_config, shutdown_signal()).await?;
+        if let Some(store) = store {
+            // Writes and syncs what is waiting.
+            tokio::task::spawn_blocking(move || store.close()).await.context("closing the event log")?;
+        }
         tracing::info!("stopped");
         anyhow::Ok(())
     })

@@ -15,7 +15,7 @@ use crate::metrics::{DisconnectReason, Metrics, ReasonLabel};
 /// The topic the snapshots are published on.
 pub const STATS_TOPIC: &str = "$sys/stats";
 /// Prefix of the topics reserved for the server.
-pub const RESERVED_PREFIX: &str = "$sys/";
+pub use crate::hub::RESERVED_PREFIX;
 /// Most topics listed in a snapshot (the busiest by subscribers).
 const TOP_TOPICS: usize = 50;
 /// Seconds over which delivery rates are averaged: streams add their counts to the totals

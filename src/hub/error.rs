@@ -76,6 +76,9 @@ pub enum PublishError {
     /// The hub is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The durable log did not take the batch (nothing of it was published).
+    #[error(transparent)]
+    Journal(#[from] super::JournalError),
 }
 
 fn entry_prefix(index: Option<usize>) -> String {

@@ -5,8 +5,8 @@
 //! before `S` (each frame records its predecessor, [`Frame::prev`](super::topics::Frame::prev)), or when nothing
 //! after `S` was ever published to the topic. Otherwise the subscription starts at the
 //! current position and its first frame is the `reset` event ([`ResetReason`]), telling the
-//! client to resync. A fed hub (cluster mode) asks the cluster log for what its rings no
-//! longer hold ([`Gap`]).
+//! client to resync. A hub with a log (the cluster's, or a durable one) asks it for what its
+//! rings no longer hold ([`Gap`]).
 //!
 //! Planning ([`plan`]) reads the rings without locks; a ring can move on between the plan and
 //! the cursors being placed. A cursor that can no longer be placed where the plan says turns
@@ -154,8 +154,9 @@ pub(crate) struct Plan {
 }
 
 /// Plans a subscription of a hub whose last published key is `head`; `seek(k)` seeks every
-/// topic after key `k`.
-pub(crate) fn plan(wanted: Wanted, fed: bool, head: u64, seek: impl Fn(u64) -> Vec<Seek>) -> Plan {
+/// topic after key `k`; `has_log`: a log (the cluster's, or a durable one) can fill what the
+/// rings no longer hold.
+pub(crate) fn plan(wanted: Wanted, has_log: bool, head: u64, seek: impl Fn(u64) -> Vec<Seek>) -> Plan {
     let from_head = |start, gap, skip_through| Plan {
         start,
         positions: seek(head).iter().map(|s| s.position).collect(),
@@ -172,8 +173,8 @@ pub(crate) fn plan(wanted: Wanted, fed: bool, head: u64, seek: impl Fn(u64) -> V
             if seeks.iter().all(|s| s.exact) {
                 let positions = seeks.iter().map(|s| s.position).collect();
                 Plan { start: Start::Resumed, positions, gap: None, skip_through: None }
-            } else if fed {
-                // Older than the rings: the cluster log may still hold it.
+            } else if has_log {
+                // Older than the rings: the log may still hold it.
                 from_head(Start::Resumed, Some(Gap { after, through: head }), None)
             } else {
                 from_head(Start::Reset(ResetReason::TooOld), None, None)

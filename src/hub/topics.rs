@@ -77,6 +77,10 @@ impl TopicStats {
     }
 }
 
+/// Prefix of the node-local topics the server publishes itself (`$sys/stats`): refused to
+/// publishers, never written to a durable log.
+pub const RESERVED_PREFIX: &str = "$sys/";
+
 /// Number of hashed buckets remembering the last event of dropped topics (see `dropped`).
 const DROPPED_BUCKETS: usize = 1024;
 
@@ -194,6 +198,19 @@ impl Topics {
             false
         });
         map.len()
+    }
+
+    /// The registry read-locked: no topic is dropped while this lives.
+    pub(crate) fn guard(&self) -> RwLockReadGuard<'_, Map> {
+        self.read()
+    }
+
+    /// Remembers that a topic named `name` had an event at `key` that its rings do not hold.
+    pub(crate) fn note_dropped(&self, name: &str, key: u64) {
+        // Relaxed: read under the registry lock, or by a later resume's seek (a stale value
+        // there only makes a resume reset that could have been exact... and only until the
+        // store is seen: the fetch_max is ordered before the commit's Release store).
+        self.dropped_bucket(name).fetch_max(key, Relaxed);
     }
 
     /// The largest key any dropped topic hashing like `name` ever held (0 if none).

@@ -120,10 +120,10 @@ async fn handle(
 fn send_reply(respond: &mut SendResponse<Bytes>, reply: Reply) {
     let (parts, body) = reply.into_parts();
     let end = body.is_empty();
-    if let Ok(mut send) = respond.send_response(Response::from_parts(parts, ()), end) {
-        if !end {
-            let _ = send.send_data(body, true);
-        }
+    if let Ok(mut send) = respond.send_response(Response::from_parts(parts, ()), end)
+        && !end
+    {
+        let _ = send.send_data(body, true);
     }
 }
 

@@ -43,22 +43,25 @@ pub(crate) fn key_of(headers: &http::HeaderMap) -> Result<Option<String>, Refusa
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// What a key was used for.
+/// What a key was used for: its batch's digest, and its ids once published.
 #[derive(Debug, Clone)]
 struct Remembered {
     digest: u64,
-    ids: Vec<EventId>,
+    /// `None` while the publish with this key is in flight.
+    ids: Option<Vec<EventId>>,
 }
 
 /// What to do with a keyed publish.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Seen {
-    /// A new key: publish, then `remember`.
+    /// A new key, now reserved: publish, then [`Recent::finish`] it.
     New,
     /// The same batch was published with this key: these are its ids.
     Replay(Vec<EventId>),
     /// The key was used for another batch.
     Conflict,
+    /// A publish with this key is in flight.
+    InFlight,
 }
 
 /// A standalone server's remembered keys (module docs).
@@ -80,14 +83,9 @@ impl Recent {
         Self { window, table: Mutex::new(Table::default()) }
     }
 
-    /// Looks `key` up for a batch of `digest`, and if it is new runs `publish` and remembers
-    /// its ids, all under the table's lock (so two requests with one key publish once).
-    pub(crate) fn publish<E>(
-        &self,
-        key: &str,
-        digest: u64,
-        publish: impl FnOnce() -> Result<Vec<EventId>, E>,
-    ) -> Result<(Seen, Vec<EventId>), E> {
+    /// Looks `key` up for a batch of `digest`; a new key is reserved (so two requests with
+    /// one key publish once) until [`Recent::finish`].
+    pub(crate) fn begin(&self, key: &str, digest: u64) -> Seen {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some((at, _)) = table.order.front() {
@@ -98,17 +96,32 @@ impl Recent {
                 table.by_key.remove(&old);
             }
         }
-        if let Some(seen) = table.by_key.get(key) {
-            return Ok(if seen.digest == digest {
-                (Seen::Replay(seen.ids.clone()), seen.ids.clone())
-            } else {
-                (Seen::Conflict, Vec::new())
-            });
+        match table.by_key.get(key) {
+            Some(Remembered { digest: seen, .. }) if *seen != digest => Seen::Conflict,
+            Some(Remembered { ids: Some(ids), .. }) => Seen::Replay(ids.clone()),
+            Some(Remembered { ids: None, .. }) => Seen::InFlight,
+            None => {
+                table.by_key.insert(key.to_owned(), Remembered { digest, ids: None });
+                table.order.push_back((now, key.to_owned()));
+                Seen::New
+            }
         }
-        let ids = publish()?;
-        table.by_key.insert(key.to_owned(), Remembered { digest, ids: ids.clone() });
-        table.order.push_back((now, key.to_owned()));
-        Ok((Seen::New, ids))
+    }
+
+    /// Ends the reservation of `key`: remembers its ids, or (`None`, the publish failed)
+    /// forgets the key, so that a retry publishes.
+    pub(crate) fn finish(&self, key: &str, ids: Option<&[EventId]>) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        match ids {
+            Some(ids) => {
+                if let Some(remembered) = table.by_key.get_mut(key) {
+                    remembered.ids = Some(ids.to_vec());
+                }
+            }
+            None => {
+                table.by_key.remove(key);
+            }
+        }
     }
 }
 
@@ -123,24 +136,24 @@ mod tests {
     fn a_key_publishes_once_and_replays_its_ids() {
         let recent = Recent::new(Duration::from_secs(60));
         let ids = vec![EventId { epoch: 1, seq: 7 }];
-        let mut calls = 0;
-        let mut publish = || {
-            calls += 1;
-            Ok::<_, ()>(ids.clone())
-        };
-        assert_eq!(recent.publish("k", 1, &mut publish), Ok((Seen::New, ids.clone())));
-        assert_eq!(recent.publish("k", 1, &mut publish), Ok((Seen::Replay(ids.clone()), ids.clone())));
-        assert_eq!(recent.publish("k", 2, &mut publish), Ok((Seen::Conflict, Vec::new())));
-        assert_eq!(calls, 1);
+        assert_eq!(recent.begin("k", 1), Seen::New);
+        assert_eq!(recent.begin("k", 1), Seen::InFlight, "reserved while it publishes");
+        recent.finish("k", Some(&ids));
+        assert_eq!(recent.begin("k", 1), Seen::Replay(ids));
+        assert_eq!(recent.begin("k", 2), Seen::Conflict);
+        assert_eq!(recent.begin("failed", 1), Seen::New);
+        recent.finish("failed", None);
+        assert_eq!(recent.begin("failed", 1), Seen::New, "a failed publish leaves its key free");
     }
 
     #[test]
     #[expect(clippy::disallowed_methods, reason = "a synchronous test waiting out a 1 ms window")]
     fn keys_are_forgotten_after_the_window() {
         let recent = Recent::new(Duration::from_millis(1));
-        assert!(recent.publish("k", 1, || Ok::<_, ()>(vec![])).is_ok());
+        assert_eq!(recent.begin("k", 1), Seen::New);
+        recent.finish("k", Some(&[]));
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(recent.publish("k", 2, || Ok::<_, ()>(vec![])), Ok((Seen::New, vec![])));
+        assert_eq!(recent.begin("k", 2), Seen::New);
     }
 
     #[test]

@@ -284,18 +284,20 @@ impl EventsRequest {
     /// subscription starts with a `reset` event instead. Returns the frames to send first.
     async fn fill_gap(&self, ctx: &Ctx, subscription: &mut Subscription) -> Vec<Bytes> {
         let Some(gap) = subscription.take_gap() else { return Vec::new() };
-        let Some(cluster) = ctx.config.cluster.as_ref() else {
-            // A fed hub without its cluster link: the log cannot be asked, so say so.
-            subscription.gap_failed(self.last_event_id());
-            return Vec::new();
+        let topics = self.topics();
+        let filled = match (&ctx.config.cluster, &ctx.config.store) {
+            (Some(cluster), _) => cluster.fill_gap(gap, &topics).await.map_err(|error| error.to_string()),
+            (None, Some(store)) => store.fill_gap(gap, &topics).await.map_err(|error| error.to_string()),
+            // A hub with a log but no link to it: the log cannot be asked, so say so.
+            (None, None) => Err("no log to ask".to_owned()),
         };
-        match cluster.fill_gap(gap, &self.topics()).await {
+        match filled {
             Ok(frames) => {
                 subscription.gap_filled();
                 frames
             }
             Err(error) => {
-                tracing::debug!(%error, "resume from the cluster log impossible: reset");
+                tracing::debug!(%error, "resume from the log impossible: reset");
                 subscription.gap_failed(self.last_event_id());
                 Vec::new()
             }

@@ -15,7 +15,7 @@ use super::ctx::Ctx;
 use super::idempotency::Seen;
 use super::request::{Refusal, Reply, add_cors, complete, error_json, json, text};
 use crate::cluster::{ClusterError, Published};
-use crate::hub::{Publish, PublishError, TopicError};
+use crate::hub::{JournalError, Publish, PublishError, TopicError};
 use crate::metrics::Rejection;
 use crate::wire::publish::{BodyError, Format, OwnedPublish};
 
@@ -70,6 +70,9 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 
 /// `/metrics`: the Prometheus text, with the ring gauges set now.
 fn metrics(ctx: &Ctx) -> Reply {
+    if let Some(store) = &ctx.config.store {
+        store.update_metrics(&ctx.metrics);
+    }
     let topics = ctx.hub.topic_stats();
     let frames: u64 = topics.iter().map(crate::hub::TopicStats::held).sum();
     let fill = topics.iter().map(|t| t.held() * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
@@ -111,12 +114,29 @@ fn dashboard() -> Reply {
 }
 
 /// `/health`: `ok`; `degraded` (still 200: streams are served from the rings) when the
-/// cluster log is unreachable, so publishing fails; `shutting-down` (503).
+/// cluster log is unreachable or the durable log cannot be written, so publishing fails;
+/// `shutting-down` (503).
 fn health(ctx: &Ctx) -> Reply {
     let redis = ctx.config.cluster.as_ref().map(|cluster| if cluster.is_healthy() { "ok" } else { "unreachable" });
+    let log = ctx.config.store.as_ref().map(|store| {
+        let (bytes, segments, oldest) = store.size();
+        let (state, error) = match store.state() {
+            crate::store::LogState::Ok => ("ok", None),
+            crate::store::LogState::Failing(error) => ("failing", Some(error)),
+        };
+        serde_json::json!({
+            "state": state,
+            "error": error,
+            "bytes": bytes,
+            "segments": segments,
+            "oldest_id": oldest.map(|key| ctx.hub.id_of(key).to_string()),
+        })
+    });
+    let log_failing = log.as_ref().is_some_and(|log| log["state"] == "failing");
     let status = match (ctx.hub.is_shut_down(), redis) {
         (true, _) => "shutting-down",
         (false, Some("unreachable")) => "degraded",
+        _ if log_failing => "degraded",
         _ => "ok",
     };
     json(
@@ -128,6 +148,7 @@ fn health(ctx: &Ctx) -> Reply {
             "last_event_id": ctx.hub.last_event_id().to_string(),
             "streams": ctx.metrics.streams.get(),
             "topics": ctx.hub.topic_count(),
+            "log": log,
         }),
     )
 }
@@ -258,21 +279,24 @@ async fn publish_events(ctx: &Ctx, events: &[OwnedPublish], key: Option<&str>) -
     let key_reused = || Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, ClusterError::KeyReused.to_string());
     let result = match &ctx.config.cluster {
         None => {
-            let publish = || {
-                let mut topics = Vec::new();
-                let views = Publish::borrow_all(events, &mut topics);
-                if views.len() == 1 {
-                    ctx.hub.publish(&views[0]).map(|id| vec![id])
-                } else {
-                    ctx.hub.publish_batch(&views)
-                }
-            };
+            let mut topics = Vec::new();
+            let views = Publish::borrow_all(events, &mut topics);
             match key {
-                None => publish().map(|ids| Published { ids, replayed: false }),
-                Some(key) => match ctx.recent.publish(key, crate::wire::publish::digest(events), publish) {
-                    Ok((Seen::Conflict, _)) => return Err(key_reused()),
-                    Ok((seen, ids)) => Ok(Published { ids, replayed: matches!(seen, Seen::Replay(_)) }),
-                    Err(error) => Err(error),
+                None => ctx.hub.publish_acked(&views).await.map(|ids| Published { ids, replayed: false }),
+                Some(key) => match ctx.recent.begin(key, crate::wire::publish::digest(events)) {
+                    Seen::Conflict => return Err(key_reused()),
+                    Seen::InFlight => {
+                        return Err(Refusal::new(
+                            StatusCode::CONFLICT,
+                            "a publish with this Idempotency-Key is in progress; retry shortly",
+                        ));
+                    }
+                    Seen::Replay(ids) => Ok(Published { ids, replayed: true }),
+                    Seen::New => {
+                        let published = ctx.hub.publish_acked(&views).await;
+                        ctx.recent.finish(key, published.as_ref().ok().map(Vec::as_slice));
+                        published.map(|ids| Published { ids, replayed: false })
+                    }
                 },
             }
         }
@@ -289,14 +313,23 @@ async fn publish_events(ctx: &Ctx, events: &[OwnedPublish], key: Option<&str>) -
     };
     result.map_err(|error| {
         let (status, rejection) = match &error {
-            PublishError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Rejection::TooLarge),
+            PublishError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Rejection::TooLarge)),
             PublishError::Topic { error: TopicError::Full { .. }, .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, Rejection::MaxTopics)
+                (StatusCode::SERVICE_UNAVAILABLE, Some(Rejection::MaxTopics))
             }
-            PublishError::ShuttingDown | PublishError::Fed => (StatusCode::SERVICE_UNAVAILABLE, Rejection::BadRequest),
-            PublishError::Topic { .. } | PublishError::Frame { .. } => (StatusCode::BAD_REQUEST, Rejection::BadRequest),
+            PublishError::ShuttingDown | PublishError::Fed => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(Rejection::BadRequest))
+            }
+            PublishError::Topic { .. } | PublishError::Frame { .. } => {
+                (StatusCode::BAD_REQUEST, Some(Rejection::BadRequest))
+            }
+            // The log's failures are counted by the log (`ringcast_log_append_errors_total`).
+            PublishError::Journal(JournalError::Full(_)) => (StatusCode::INSUFFICIENT_STORAGE, None),
+            PublishError::Journal(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
-        ctx.metrics.reject(rejection);
+        if let Some(rejection) = rejection {
+            ctx.metrics.reject(rejection);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             Refusal::unavailable(error.to_string())
         } else {

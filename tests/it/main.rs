@@ -12,6 +12,7 @@ mod resume;
 mod security;
 mod shutdown;
 mod slow;
+mod store;
 mod stream;
 mod stuck;
 mod support;

@@ -607,30 +607,81 @@ pub(crate) mod h2c {
 }
 
 /// The `ringcast` binary as a separate process (for what only a process shows, like its
-/// memory), on a free port; stopped (by its PID) when dropped.
+/// memory, a crash, or its own start-up), on a free port; stopped (by its PID) when dropped.
 pub(crate) struct Binary {
     pub(crate) addr: SocketAddr,
     child: std::process::Child,
 }
 
+/// The binary under test (`RINGCAST_BIN` overrides it, to compare builds).
+pub(crate) fn binary_path() -> String {
+    std::env::var("RINGCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringcast").to_owned())
+}
+
 impl Binary {
-    #[expect(clippy::disallowed_methods, reason = "test set-up: waiting for a child process to listen")]
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with(&[], args, std::process::Stdio::inherit())
+    }
+
+    /// Starts it with its standard error in `log` (to read what it said).
+    pub(crate) fn start_logged(args: &[&str], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::start_with(&[], args, std::process::Stdio::from(file))
+    }
+
+    /// Starts `prefix` (a program and its arguments, such as `prlimit --fsize=N --`) followed
+    /// by the binary with `args`.
+    #[expect(clippy::disallowed_methods, reason = "test set-up: waiting for a child process to listen")]
+    pub(crate) fn start_with(prefix: &[&str], args: &[&str], stderr: std::process::Stdio) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let program = std::env::var("RINGCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringcast").to_owned());
-        let child = std::process::Command::new(program)
-            .args(["--listen", &addr.to_string(), "--log", "warn"])
+        let program = binary_path();
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = std::process::Command::new(first);
+                command.args(rest).arg(&program);
+                command
+            }
+            None => std::process::Command::new(&program),
+        };
+        let mut child = command
+            .args(["--listen", &addr.to_string(), "--log", "info"])
             .args(args)
             .stdout(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start the ringcast binary");
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + WAIT * 2;
         while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the binary exited before listening: {status}");
+            }
             assert!(std::time::Instant::now() < deadline, "the binary did not listen on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { addr, child }
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it with `SIGKILL` (a crash) and waits for it.
+    pub(crate) fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it with `SIGTERM` (a graceful shutdown) and waits for it to exit.
+    #[expect(clippy::disallowed_methods, reason = "test: waiting for a child process to exit")]
+    pub(crate) fn stop(&mut self) {
+        signal(self.child.id(), "TERM");
+        let deadline = std::time::Instant::now() + WAIT * 2;
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the binary did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Pauses the process (`SIGSTOP`), as a stalled or descheduled node would be.
@@ -666,4 +717,35 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary with `args` expecting it to refuse to start: its exit status and what it
+/// wrote to standard error.
+#[expect(clippy::disallowed_methods, reason = "test: waiting for a child process to exit")]
+pub(crate) fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut child = std::process::Command::new(binary_path())
+        .args(["--listen", "127.0.0.1:0", "--log", "info"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log.reopen().expect("log file")))
+        .spawn()
+        .expect("run the ringcast binary");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the binary started although it was expected to refuse: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(log.path()).unwrap_or_default())
 }
