@@ -304,6 +304,7 @@ impl Hub {
         }
         let journal = self.journal();
         let mut staged = Vec::new();
+        let mut staged_targets: Vec<u16> = Vec::new();
         let mut ids = Vec::with_capacity(batch.len());
         let mut id_text = String::with_capacity(48);
         let mut targets: Vec<usize> = Vec::new();
@@ -326,8 +327,11 @@ impl Hub {
             targets.dedup();
             let frame = buf.freeze();
             if journal.is_some() {
-                let topics = targets.iter().map(|&i| Arc::clone(&topics.topics[i])).collect();
-                staged.push(Staged { key, topics, frame });
+                let start = staged_targets.len() as u32;
+                // Fewer than 2^16 distinct topics per batch: at most `max_topics_per_request`
+                // per event, and `max_topics` in all.
+                staged_targets.extend(targets.iter().map(|&i| i as u16));
+                staged.push(Staged { key, targets: start..staged_targets.len() as u32, frame });
                 *sequencer = key;
             } else {
                 self.commit(&mut sequencer, key, &frame, targets.iter().map(|&i| &topics.topics[i]), clock);
@@ -341,7 +345,9 @@ impl Hub {
         };
         let persist = !unique.iter().all(|name| name.starts_with(RESERVED_PREFIX));
         let (done, outcome) = tokio::sync::oneshot::channel();
-        if let Err(error) = journal.append(Batch { events: staged, persist, clock, done: Some(done) }) {
+        let batch_topics = topics.topics.clone();
+        let batch = Batch { events: staged, topics: batch_topics, targets: staged_targets, persist, clock, done: Some(done) };
+        if let Err(error) = journal.append(batch) {
             *sequencer = first - 1; // refused under the lock: nobody took a key since
             return Err(PublishError::Journal(error));
         }

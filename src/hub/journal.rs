@@ -16,7 +16,8 @@ use crate::sync::Arc;
 #[derive(Debug)]
 pub struct Staged {
     pub(crate) key: u64,
-    pub(crate) topics: Vec<Arc<Topic>>,
+    /// Its topics: a range of the batch's `targets` (no allocation per event).
+    pub(crate) targets: std::ops::Range<u32>,
     pub(crate) frame: Bytes,
 }
 
@@ -24,11 +25,6 @@ impl Staged {
     /// Its order key.
     pub fn key(&self) -> u64 {
         self.key
-    }
-
-    /// Its topics.
-    pub fn topic_names(&self) -> impl Iterator<Item = &str> + Clone {
-        self.topics.iter().map(|topic| topic.name())
     }
 
     /// Its SSE frame, as subscribers get it.
@@ -41,6 +37,10 @@ impl Staged {
 #[derive(Debug)]
 pub struct Batch {
     pub(crate) events: Vec<Staged>,
+    /// The distinct topics of the batch.
+    pub(crate) topics: Vec<Arc<Topic>>,
+    /// Each event's topics, as indices into `topics` (see `Staged::targets`).
+    pub(crate) targets: Vec<u16>,
     /// Whether the events go to disk (node-local `$sys/` events only keep their place in
     /// the order).
     pub(crate) persist: bool,
@@ -54,6 +54,17 @@ impl Batch {
     /// The events.
     pub fn events(&self) -> &[Staged] {
         &self.events
+    }
+
+    /// The topics of `event` (one of this batch's).
+    pub(crate) fn topics_of(&self, event: &Staged) -> impl Iterator<Item = &Arc<Topic>> + Clone {
+        let range = event.targets.start as usize..event.targets.end as usize;
+        self.targets.get(range).unwrap_or_default().iter().filter_map(|&i| self.topics.get(usize::from(i)))
+    }
+
+    /// The topic names of `event`.
+    pub fn topic_names<'a>(&'a self, event: &'a Staged) -> impl Iterator<Item = &'a str> + Clone {
+        self.topics_of(event).map(|topic| topic.name())
     }
 
     /// Whether they are to be written to disk.
@@ -108,15 +119,16 @@ impl Hub {
     /// calls it for every batch it took, in the order it took them).
     pub fn commit_batch(&self, batch: &Batch) {
         let registry = self.inner.topics.guard();
-        for event in &batch.events {
-            for topic in &event.topics {
-                if topic.ring.is_closed() {
-                    // Dropped (idle) since the publish: whoever resumes across this event in
-                    // a new incarnation of the topic must not be told nothing was lost.
-                    self.inner.topics.note_dropped(topic.name(), event.key);
-                }
+        for topic in &batch.topics {
+            if topic.ring.is_closed() {
+                // Dropped (idle) since the publish: whoever resumes across this batch in a
+                // new incarnation of the topic must not be told nothing was lost.
+                let last = batch.events.last().map_or(0, |event| event.key);
+                self.inner.topics.note_dropped(topic.name(), last);
             }
-            self.write_rings(event.key, &event.frame, &event.topics, batch.clock);
+        }
+        for event in &batch.events {
+            self.write_rings(event.key, &event.frame, batch.topics_of(event), batch.clock);
         }
         drop(registry);
         self.inner.metrics.events_published.inc_by(batch.events.len() as u64);
