@@ -45,13 +45,14 @@ SCENARIOS = {
     "S5": "slow clients: S3 with 1% clients that never read",
     "L": "light: 1,000 clients x 20 ev/s",
 }
-SERVER_ORDER = ["ringcast", "baseline", "nchan"]
+SERVER_ORDER = ["ringcast", "ringcastlog", "baseline", "nchan"]
 SERVER_NAMES = {
     "ringcast": "ringcast",
+    "ringcastlog": "ringcast with its durable log (--data-dir, --fsync interval)",
     "baseline": "baseline (axum Sse + tokio broadcast)",
     "nchan": "nginx + nchan",
 }
-COLORS = {"ringcast": "#1f77b4", "baseline": "#d62728", "nchan": "#2ca02c"}
+COLORS = {"ringcast": "#1f77b4", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
 
 
 # ----------------------------------------------------------------------------- /proc reading

@@ -4,7 +4,7 @@
 # nginx + nchan in the same run, and with the server on both cores. perf/README.md documents the
 # scenarios, the measurements and how to read the results.
 #
-# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L] [--compare] [--both-cores] [--quick]
+# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L] [--compare] [--both-cores] [--quick] [--with-log]
 #                    [--out DIR] [--no-build] [--max-load X] [--load-wait S]
 #
 # Writes DIR/<run>-<setup>-<scenario>.json and .hgrm, DIR/<run>.md, DIR/<run>-latency.svg
@@ -22,6 +22,7 @@ ALL_SCENARIOS=(S1 S2 S3 S4 S5 L)
 SCENARIOS=$(IFS=,; echo "${ALL_SCENARIOS[*]}")
 COMPARE=0
 BOTH_CORES=0
+WITH_LOG=0
 QUICK=0
 BUILD=1
 OUT=$PERF/results
@@ -37,6 +38,8 @@ Options:
   --compare         also run every scenario against perf/baseline and, when nginx with the
                     nchan module is installed, nginx + nchan
   --both-cores      also run each server unpinned with 2 workers
+  --with-log        also run ringcast with its durable log on (--data-dir, --fsync interval):
+                    setup ringcastlog-1c, in the same run as memory-only ringcast-1c
   --quick           small client counts and a few seconds per scenario (smoke test)
   --out DIR         results directory (default: perf/results)
   --no-build        use the binaries already built
@@ -55,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --scenarios=*) SCENARIOS=${1#*=}; shift ;;
         --compare) COMPARE=1; shift ;;
         --both-cores) BOTH_CORES=1; shift ;;
+        --with-log) WITH_LOG=1; shift ;;
         --quick) QUICK=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) [[ $# -ge 2 ]] || die "--out needs a directory"; OUT=$2; shift 2 ;;
@@ -215,6 +219,7 @@ log "sysctl: $SYSCTL_NOTE"
 # ------------------------------------------------------------------ server setups
 
 SETUPS=(ringcast-1c)
+[[ $WITH_LOG == 1 ]] && SETUPS+=(ringcastlog-1c)
 [[ $COMPARE == 1 ]] && SETUPS+=(baseline-1c)
 [[ -n $NCHAN_MODULE ]] && SETUPS+=(nchan-1c)
 if [[ $BOTH_CORES == 1 ]]; then
@@ -292,6 +297,12 @@ start_server() {
             # population of clients, and 10,000 connections from it would trip them.
             cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
                  --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0) ;;
+        ringcastlog)
+            # The same, with the durable log on (its directory is fresh for every run).
+            rm -rf "$TMP/data-$name"
+            cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
+                 --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0
+                 --data-dir "$TMP/data-$name" --fsync interval) ;;
         baseline)
             cmd=("${pin[@]}" "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --workers "$workers") ;;
         nchan)
@@ -308,7 +319,7 @@ start_server() {
     SERVER_PID=$!
     TRACKED[$SERVER_PID]="$setup server"
     local expect=
-    [[ $server == ringcast ]] && expect=ringcast
+    [[ $server == ringcast || $server == ringcastlog ]] && expect=ringcast
     [[ $server == baseline ]] && expect=ringcast-baseline
     [[ $server == nchan ]] && expect=nginx
     for ((i = 0; i < 100; i++)); do
