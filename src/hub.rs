@@ -346,12 +346,23 @@ impl Hub {
         let persist = !unique.iter().all(|name| name.starts_with(RESERVED_PREFIX));
         let (done, outcome) = tokio::sync::oneshot::channel();
         let batch_topics = topics.topics.clone();
-        let batch = Batch { events: staged, topics: batch_topics, targets: staged_targets, persist, clock, done: Some(done) };
+        let batch =
+            Batch { events: staged, topics: batch_topics, targets: staged_targets, persist, clock, done: Some(done) };
         if let Err(error) = journal.append(batch) {
             *sequencer = first - 1; // refused under the lock: nobody took a key since
             return Err(PublishError::Journal(error));
         }
         Ok((ids, Some(outcome)))
+    }
+
+    /// Makes `key` used: later events get larger keys (a durable log's last key at start).
+    pub(crate) fn advance_to(&self, key: u64) {
+        let mut sequencer = self.sequencer();
+        if key > *sequencer {
+            *sequencer = key;
+            // Release: as in `write_rings` (no frames come with it).
+            self.inner.published.store(key, Release);
+        }
     }
 
     /// Restores an event from the durable log at start, in key order: into the rings of its

@@ -154,6 +154,10 @@ pub(crate) struct Meta {
     epoch: u64,
     /// The last key of the newest segment retention dropped (0: none).
     pub(crate) dropped_through: u64,
+    /// The last key the hub had used at a graceful stop (node-local `$sys/` events take keys
+    /// without being logged; a restart goes on after them, so no id repeats).
+    #[serde(default)]
+    pub(crate) last_key: u64,
 }
 
 impl Meta {
@@ -244,7 +248,7 @@ impl Store {
                 meta
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let meta = Meta { format: 1, epoch: crate::hub::now_ms(), dropped_through: 0 };
+                let meta = Meta { format: 1, epoch: crate::hub::now_ms(), dropped_through: 0, last_key: 0 };
                 meta.write(dir)?;
                 meta
             }
@@ -310,6 +314,7 @@ impl Opening {
             }
             break;
         }
+        hub.advance_to(meta.last_key);
         tracing::info!(
             dir = %dir.display(),
             segments = segments.len(),

@@ -87,6 +87,12 @@ impl Writer {
         {
             tracing::warn!(%error, "the event log could not be synced at shutdown");
         }
+        // A restart goes on after every key this run used, logged or not.
+        let mut meta = self.shared.meta.lock().unwrap_or_else(PoisonError::into_inner);
+        meta.last_key = meta.last_key.max(self.hub.last_event_id().seq);
+        if let Err(error) = meta.write(&self.config.dir) {
+            tracing::warn!(%error, "the event log's meta file could not be updated at shutdown");
+        }
     }
 
     fn round(&mut self, mut round: Vec<Batch>) {
