@@ -2,7 +2,6 @@
 //! expiry ending a stream, CORS, per-IP and publish limits, idle keep-alive, TLS with HTTP/2,
 //! and SSE injection attempts.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{EncodingKey, Header};
@@ -238,46 +237,19 @@ mod tls {
     use super::*;
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use ringcast::security::TlsFiles;
     use ringcast::wire::parse::Parser;
-    use tokio_rustls::rustls;
 
-    fn client_config(cert_der: Vec<u8>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(cert_der)).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config
-    }
-
-    async fn connect(
-        addr: std::net::SocketAddr,
-        config: rustls::ClientConfig,
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        connector.connect(name, tcp).await.expect("TLS handshake")
-    }
+    use crate::support::tls::{cert, connect};
 
     #[tokio::test]
     async fn https_with_http2_multiplexes_streams_and_http11_still_works() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        let certified = cert();
         let mut options = Options::default();
-        options.server.security.tls = Some(TlsFiles { cert, key });
+        options.server.security.tls = Some(certified.files.clone());
         let server = start(options).await;
-        let der = certified.cert.der().to_vec();
+        let der = certified.der.clone();
 
-        let tls = connect(server.addr, client_config(der.clone(), &[b"h2", b"http/1.1"])).await;
+        let tls = connect(server.addr, &der, &[b"h2", b"http/1.1"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose HTTP/2");
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("h2");
@@ -294,7 +266,7 @@ mod tls {
         assert_eq!(server.metrics().connections.get(), 1, "three streams over one TLS connection");
 
         // Publish over HTTPS with HTTP/1.1.
-        let mut http1 = connect(server.addr, client_config(der, &[b"http/1.1"])).await;
+        let mut http1 = connect(server.addr, &der, &[b"http/1.1"]).await;
         let body = br#"{"topic":["a","b"],"data":"over tls"}"#;
         let head = format!(
             "POST /publish HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
