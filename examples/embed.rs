@@ -68,6 +68,12 @@ async fn clock(hub: Hub) -> anyhow::Result<()> {
     loop {
         interval.tick().await;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        hub.publish(&Publish { topics: &["clock"], event: Some("time"), data: &now.to_string(), retry: None })?;
+        hub.publish(&Publish {
+            topics: &["clock"],
+            event: Some("time"),
+            data: &now.to_string(),
+            retry: None,
+            routed: None,
+        })?;
     }
 }

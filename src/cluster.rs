@@ -197,13 +197,24 @@ impl Cluster {
             .arg(format!("{:016x}", crate::wire::publish::digest(events)))
             .arg(events.len());
         for event in events {
-            let fields = 2 + usize::from(event.event.is_some()) + usize::from(event.retry.is_some());
+            let routed = event.routed.as_ref();
+            let fields = 2
+                + usize::from(event.event.is_some())
+                + usize::from(event.retry.is_some())
+                + usize::from(routed.is_some())
+                + usize::from(routed.is_some_and(|routed| routed.private));
             invocation.arg(fields * 2).arg("t").arg(event.topics.join("\n")).arg("d").arg(&event.data);
             if let Some(name) = &event.event {
                 invocation.arg("e").arg(name);
             }
             if let Some(retry) = event.retry {
                 invocation.arg("r").arg(retry);
+            }
+            if let Some(routed) = routed {
+                invocation.arg("m").arg(&routed.id);
+                if routed.private {
+                    invocation.arg("p").arg("1");
+                }
             }
         }
         let reply: Value = self
@@ -358,12 +369,8 @@ impl Cluster {
                 Some((key, entry.topics.split('\n').collect(), entry))
             })
             .collect();
-        let batch: Vec<(u64, Publish<'_>)> = views
-            .iter()
-            .map(|(key, topics, entry)| {
-                (*key, Publish { topics, event: entry.event.as_deref(), data: &entry.data, retry: entry.retry })
-            })
-            .collect();
+        let batch: Vec<(u64, Publish<'_>)> =
+            views.iter().map(|(key, topics, entry)| (*key, entry.as_publish(topics))).collect();
         self.hub.ingest(&batch);
     }
 
@@ -401,11 +408,11 @@ impl Cluster {
         for entry in &entries {
             let Some(key) = self.hub.key_of(entry.id) else { continue };
             let entry_topics: Vec<&str> = entry.topics.split('\n').collect();
-            if !entry_topics.iter().any(|topic| topics.contains(topic)) {
+            // A routed event's topics name no ring: it is never part of a topic's gap.
+            if entry.routed.is_some() || !entry_topics.iter().any(|topic| topics.contains(topic)) {
                 continue;
             }
-            let publish =
-                Publish { topics: &entry_topics, event: entry.event.as_deref(), data: &entry.data, retry: entry.retry };
+            let publish = entry.as_publish(&entry_topics);
             if let Some(frame) = self.hub.encode_entry(key, &publish) {
                 bytes += frame.len();
                 frames.push(frame);

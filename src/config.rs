@@ -257,6 +257,48 @@ pub struct Args {
     #[arg(long, env = "RINGCAST_LOG_RECOVER")]
     pub log_recover: bool,
 
+    /// The key that verifies Mercure publishers' tokens: an HMAC secret, or a PEM public key
+    /// (its text, `-----BEGIN PUBLIC KEY-----...`). Default: --jwt-secret / --jwt-public-key.
+    #[arg(long, env = "RINGCAST_MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
+    pub mercure_publisher_jwt_key: Option<String>,
+
+    /// The publisher key's algorithm (HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256,
+    /// ES384, `EdDSA`; default: HS256 for a secret, RS256 or ES256 for a public key).
+    #[arg(long, env = "RINGCAST_MERCURE_PUBLISHER_JWT_ALG", value_parser = jwt_algorithm)]
+    pub mercure_publisher_jwt_alg: Option<jsonwebtoken::Algorithm>,
+
+    /// The key that verifies Mercure subscribers' tokens (as --mercure-publisher-jwt-key).
+    /// Default: --jwt-secret / --jwt-public-key.
+    #[arg(long, env = "RINGCAST_MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+    pub mercure_subscriber_jwt_key: Option<String>,
+
+    /// The subscriber key's algorithm (as --mercure-publisher-jwt-alg).
+    #[arg(long, env = "RINGCAST_MERCURE_SUBSCRIBER_JWT_ALG", value_parser = jwt_algorithm)]
+    pub mercure_subscriber_jwt_alg: Option<jsonwebtoken::Algorithm>,
+
+    /// Let Mercure subscribers without a token subscribe (they get public updates only).
+    #[arg(long, env = "RINGCAST_MERCURE_ANONYMOUS")]
+    pub mercure_anonymous: bool,
+
+    /// Mercure active subscriptions: a private update on
+    /// `/.well-known/mercure/subscriptions/{topic}/{subscriber}` when a subscription starts
+    /// and ends, and the `GET /.well-known/mercure/subscriptions` API.
+    #[arg(long, env = "RINGCAST_MERCURE_SUBSCRIPTIONS")]
+    pub mercure_subscriptions: bool,
+
+    /// The cookie that may carry a Mercure token.
+    #[arg(long, env = "RINGCAST_MERCURE_COOKIE", default_value = "mercureAuthorization")]
+    pub mercure_cookie: String,
+
+    /// Distinct Mercure subscriptions (sets of selectors and claims) at once; each holds a
+    /// ring of --ring-capacity slots (16 bytes each). Idle ones are dropped first.
+    #[arg(long, env = "RINGCAST_MERCURE_MAX_AUDIENCES", default_value_t = 10_000)]
+    pub mercure_max_audiences: usize,
+
+    /// Longest Mercure topic or selector, in bytes.
+    #[arg(long, env = "RINGCAST_MERCURE_MAX_TOPIC_LEN", default_value_t = 1024)]
+    pub mercure_max_topic_len: usize,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringcast=debug`.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info")]
     pub log: String,
@@ -277,6 +319,13 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             "`{text}` is not a positive duration: give seconds (`10`) or a value with a unit (`10s`, `500ms`, `2m`)"
         )),
     }
+}
+
+/// A JWT algorithm by name (`HS256`, `RS256`, ...; any case).
+pub fn jwt_algorithm(text: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    text.trim().to_ascii_uppercase().parse().map_err(|_| {
+        format!("`{text}` is not a JWT algorithm: use HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA")
+    })
 }
 
 /// A size in bytes: a number, optionally with a unit (`KiB`, `MiB`, `GiB`, `TiB`, or the
@@ -335,6 +384,8 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     /// Whether the test hooks are on (see `--test-hooks`).
     pub test_hooks: bool,
+    /// Mercure active subscriptions (events and API, see `--mercure-subscriptions`).
+    pub mercure_subscriptions: bool,
     /// Cluster mode: the node's link to the Redis log (its hub must be `Mode::Fed`).
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     /// The durable log of a standalone node (`--data-dir`), which serves resumes older
@@ -360,6 +411,7 @@ impl Default for ServerConfig {
             backlog: 16384,
             security: SecurityConfig::default(),
             test_hooks: false,
+            mercure_subscriptions: false,
             cluster: None,
             store: None,
         }
@@ -429,7 +481,19 @@ impl Args {
             )),
             (None, None) => None,
         };
+        let mercure_key =
+            |own: &Option<String>| own.as_deref().map(crate::security::mercure::key_from_text).or(key.clone());
+        let mercure = crate::security::mercure::MercureAuthConfig {
+            publisher_key: mercure_key(&self.mercure_publisher_jwt_key),
+            publisher_algorithm: self.mercure_publisher_jwt_alg,
+            subscriber_key: mercure_key(&self.mercure_subscriber_jwt_key),
+            subscriber_algorithm: self.mercure_subscriber_jwt_alg,
+            anonymous: self.mercure_anonymous,
+            cookie_name: self.mercure_cookie.clone(),
+            leeway: self.jwt_leeway,
+        };
         let security = SecurityConfig {
+            mercure,
             auth: AuthConfig {
                 key,
                 leeway: self.jwt_leeway,
@@ -463,6 +527,7 @@ impl Args {
             backlog: self.backlog,
             security,
             test_hooks: self.test_hooks,
+            mercure_subscriptions: self.mercure_subscriptions,
             cluster: None,
             store: None,
         };
@@ -471,6 +536,8 @@ impl Args {
             max_topics: self.max_topics,
             max_topic_len: self.max_topic_len,
             max_topics_per_request: self.max_topics_per_request,
+            max_selector_len: self.mercure_max_topic_len,
+            max_audiences: self.mercure_max_audiences,
             max_event_bytes: self.max_event_bytes,
             topic_ttl: self.topic_ttl,
             tick: server.tick(),

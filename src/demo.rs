@@ -11,7 +11,8 @@ use crate::wire::publish::OwnedPublish;
 /// Publishes to `demo` until the hub shuts down (run it under [`crate::producer::spawn`]).
 pub async fn produce(hub: Hub) -> Result<(), PublishError> {
     run(|data| {
-        let result = hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data, retry: None });
+        let result =
+            hub.publish(&Publish { topics: &["demo"], event: Some("tick"), data: &data, retry: None, routed: None });
         async move { result.map(drop) }
     })
     .await
@@ -22,7 +23,13 @@ pub async fn produce_to(cluster: std::sync::Arc<Cluster>) -> Result<(), ClusterE
     run(|data| {
         let cluster = std::sync::Arc::clone(&cluster);
         async move {
-            let event = OwnedPublish { topics: vec!["demo".into()], event: Some("tick".into()), data, retry: None };
+            let event = OwnedPublish {
+                topics: vec!["demo".into()],
+                event: Some("tick".into()),
+                data,
+                retry: None,
+                routed: None,
+            };
             cluster.publish(std::slice::from_ref(&event), None).await?;
             Ok(())
         }

@@ -12,22 +12,29 @@
 //! - `resume`: the resume plan, [`Start`], [`ResetReason`], the `reset` frame.
 //! - `subscription`: [`Subscription`], one client's merged cursors.
 //! - `journal`: publishing through a durable log ([`Journal`]: the rings after the disk).
+//! - `selector`: [`Selector`], topic selectors (`*`, exact, URI templates).
+//! - `audience`: routed events (Mercure updates) and the audiences they go to, one ring per
+//!   audience; `selected`: subscribing to an audience.
 //! - `tasks`: the clock and the topic sweeper.
 //!
 //! # Invariants
-//! - Only `Hub::write_rings` writes into topic rings, always in key order: under the
+//! - Only `Hub::write_rings` writes into topic rings, and `Hub::write_routed` (through the
+//!   audience router) into audience rings, always in key order: under the
 //!   sequencer lock (`commit`, the way in of `publish_batch`, `ingest`, `reset_all` and
 //!   `restore`), or, with a durable log, from the journal (`commit_batch`), which takes
 //!   batches in key order under that lock and commits them in the same order.
 //! - `published` is the key of the last event whose frames are in all of its rings.
 //! - Topics are used only under the registry's read lock (see `topics`).
 
+mod audience;
 mod config;
 mod error;
 mod id;
 mod journal;
 mod publish;
 mod resume;
+mod selected;
+mod selector;
 mod subscription;
 mod tasks;
 #[cfg(test)]
@@ -36,11 +43,13 @@ mod topics;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 
+pub use self::audience::AudienceError;
+use self::audience::{Audiences, Update};
 pub use self::config::HubConfig;
 pub(crate) use self::config::ticks;
 pub use self::error::{NoRuntime, PublishError, SubscribeError, TopicError};
@@ -48,9 +57,11 @@ use self::id::Ids;
 pub(crate) use self::id::now_ms;
 pub use self::id::{EventId, FED_SEQ_LIMIT, InvalidEventId, Mode};
 pub use self::journal::{Batch, Journal, JournalError, Staged};
-pub use self::publish::Publish;
+pub use self::publish::{Publish, Routed};
 pub use self::resume::{Gap, ResetReason, Start};
 use self::resume::{Plan, Wanted, reset_frame, seek_after};
+pub use self::selected::{EARLIEST, Selected, SelectedError};
+pub use self::selector::{Selector, SelectorError};
 pub use self::subscription::{Budget, Next, Subscription};
 pub(crate) use self::topics::Topic;
 pub use self::topics::{Frame, RESERVED_PREFIX, TopicStats, check_topic_name};
@@ -75,6 +86,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// The durable log publishes go through, if any (set once, see `journal`).
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
+    /// Routed events' audiences and history (see `audience`).
+    audiences: Audiences,
 }
 
 /// The hub: cheap to clone, shared by the server, producers and embedders.
@@ -125,6 +138,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 ids,
                 topics: Topics::new(config.ring_capacity, config.max_topics, runtime.clone()),
+                audiences: Audiences::new(config.ring_capacity, config.max_audiences, runtime.clone()),
                 sequencer: Mutex::new(0),
                 published: AtomicU64::new(0),
                 clock,
@@ -152,8 +166,11 @@ impl Hub {
     pub(crate) fn sweep(&self) -> usize {
         let inner = &*self.inner;
         let before = inner.topics.len();
-        let left = inner.topics.sweep(inner.clock.tail(), ticks(inner.config.topic_ttl, inner.config.tick));
+        let ttl = ticks(inner.config.topic_ttl, inner.config.tick);
+        let left = inner.topics.sweep(inner.clock.tail(), ttl);
         inner.metrics.topics.set(i64::try_from(left).unwrap_or(i64::MAX));
+        let audiences = inner.audiences.sweep(inner.clock.tail(), ttl);
+        inner.metrics.audiences.set(i64::try_from(audiences).unwrap_or(i64::MAX));
         before.saturating_sub(left)
     }
 
@@ -287,10 +304,12 @@ impl Hub {
             return Err(PublishError::Fed);
         }
         self.validate(batch, numbered)?;
-        // Every distinct topic of the batch, resolved once; `slot` maps a name to its place.
+        // Every distinct ring topic of the batch, resolved once; `slot` maps a name to its
+        // place. (A routed event's topics name no ring.)
         let mut unique: Vec<&str> = Vec::new();
         let mut slot: HashMap<&str, usize> = HashMap::new();
-        for name in batch.iter().flat_map(|entry| entry.topics.iter().copied()) {
+        let rings = batch.iter().filter(|entry| entry.routed.is_none());
+        for name in rings.flat_map(|entry| entry.topics.iter().copied()) {
             slot.entry(name).or_insert_with(|| {
                 unique.push(name);
                 unique.len() - 1
@@ -315,12 +334,26 @@ impl Hub {
             let id = self.id_of(key);
             id_text.clear();
             fmt::Write::write_fmt(&mut id_text, format_args!("{id}")).ok();
-            let event = Event { id: Some(&id_text), ..entry.as_event() };
+            let sse_id = entry.routed.map_or(id_text.as_str(), |routed| routed.id);
+            let event = Event { id: Some(sse_id), ..entry.as_event() };
             let mut buf = BytesMut::with_capacity(event.encoded_len());
             // Validated above, so this cannot fail; if it did, nothing of this entry is published.
             event
                 .encode_into(&mut buf)
                 .map_err(|error| PublishError::Frame { error, index: numbered.then_some(ids.len()) })?;
+            if let Some(update) = Update::of(entry) {
+                let frame = buf.freeze();
+                if journal.is_some() {
+                    let at = staged_targets.len() as u32;
+                    staged.push(Staged { key, targets: at..at, frame, update: Some(update) });
+                    *sequencer = key;
+                } else {
+                    self.write_routed(key, &frame, &update, clock);
+                    *sequencer = key;
+                }
+                ids.push(id);
+                continue;
+            }
             targets.clear();
             targets.extend(entry.topics.iter().filter_map(|name| slot.get(name).copied()));
             targets.sort_unstable();
@@ -331,7 +364,7 @@ impl Hub {
                 // Fewer than 2^16 distinct topics per batch: at most `max_topics_per_request`
                 // per event, and `max_topics` in all.
                 staged_targets.extend(targets.iter().map(|&i| i as u16));
-                staged.push(Staged { key, targets: start..staged_targets.len() as u32, frame });
+                staged.push(Staged { key, targets: start..staged_targets.len() as u32, frame, update: None });
                 *sequencer = key;
             } else {
                 self.commit(&mut sequencer, key, &frame, targets.iter().map(|&i| &topics.topics[i]), clock);
@@ -343,7 +376,8 @@ impl Hub {
             self.inner.metrics.events_published.inc_by(ids.len() as u64);
             return Ok((ids, None));
         };
-        let persist = !unique.iter().all(|name| name.starts_with(RESERVED_PREFIX));
+        let routed = batch.iter().any(|entry| entry.routed.is_some());
+        let persist = routed || !unique.iter().all(|name| name.starts_with(RESERVED_PREFIX));
         let (done, outcome) = tokio::sync::oneshot::channel();
         let batch_topics = topics.topics.clone();
         let batch =
@@ -413,13 +447,7 @@ impl Hub {
     /// (see the module invariants).
     fn write_rings<'t>(&self, key: u64, bytes: &Bytes, targets: impl IntoIterator<Item = &'t Arc<Topic>>, clock: u64) {
         for topic in targets {
-            // Relaxed: `last_seq` is written only here, by one writer at a time (the
-            // sequencer's holder, or the journal).
-            let prev = topic.last_seq.load(Relaxed).max(topic.created_after);
-            topic.ring.publish(Frame { seq: key, prev, bytes: bytes.clone() });
-            topic.last_seq.store(key, Relaxed);
-            // Relaxed: a statistic for the sweeper.
-            topic.last_active.fetch_max(clock, Relaxed);
+            topic.append(key, bytes, clock);
         }
         // Release: pairs with the Acquire load in `published`: a reader that sees `key` sees
         // every frame of every event up to it in its rings.
@@ -444,8 +472,13 @@ impl Hub {
         let max = self.inner.config.max_event_bytes;
         for (i, entry) in batch.iter().enumerate() {
             let index = numbered.then_some(i);
-            self.check_topics(entry.topics).map_err(|error| PublishError::Topic { error, index })?;
-            let event = Event { id: Some("18446744073709551615-18446744073709551615"), ..entry.as_event() };
+            let topics = match entry.routed {
+                None => self.check_topics(entry.topics),
+                Some(_) => self.check_routed_topics(entry.topics),
+            };
+            topics.map_err(|error| PublishError::Topic { error, index })?;
+            let id = entry.routed.map_or("18446744073709551615-18446744073709551615", |routed| routed.id);
+            let event = Event { id: Some(id), ..entry.as_event() };
             event.validate().map_err(|error| PublishError::Frame { error, index })?;
             let size = event.encoded_len();
             if size > max {
@@ -464,6 +497,18 @@ impl Hub {
         for (key, entry) in batch {
             if let Err(error) = self.validate(std::slice::from_ref(entry), false) {
                 tracing::warn!(id = %self.id_of(*key), %error, "skipping an invalid event from the cluster log");
+                continue;
+            }
+            if let Some(update) = Update::of(entry) {
+                let Some(bytes) = self.encode_entry(*key, entry) else { continue };
+                let clock = self.clock_tick();
+                let mut sequencer = self.sequencer();
+                if *key <= *sequencer {
+                    continue;
+                }
+                self.write_routed(*key, &bytes, &update, clock);
+                *sequencer = *key;
+                written += 1;
                 continue;
             }
             let topics = match self.resolve(entry.topics) {
@@ -497,7 +542,8 @@ impl Hub {
     /// fill a resume gap: byte for byte what the rings would hold).
     pub(crate) fn encode_entry(&self, key: u64, entry: &Publish<'_>) -> Option<Bytes> {
         let id_text = self.id_of(key).to_string();
-        Event { id: Some(&id_text), ..entry.as_event() }.encode().ok()
+        let id = entry.routed.map_or(id_text.as_str(), |routed| routed.id);
+        Event { id: Some(id), ..entry.as_event() }.encode().ok()
     }
 
     /// Starts a fed hub at `key` (the log's position when this node joined): events at or
@@ -521,6 +567,19 @@ impl Hub {
         let frame = reset_frame(self.ids(), ResetReason::Lost, key, "");
         self.commit(&mut sequencer, key, &frame, &topics.topics, clock);
         key
+    }
+
+    /// Validates a routed event's topics (or a routed subscription's selectors): count, and
+    /// each one non-empty, at most `max_selector_len` bytes, without control characters.
+    pub fn check_routed_topics(&self, topics: &[&str]) -> Result<(), TopicError> {
+        let config = &self.inner.config;
+        if topics.is_empty() {
+            return Err(TopicError::Missing);
+        }
+        if topics.len() > config.max_topics_per_request {
+            return Err(TopicError::TooMany { count: topics.len(), max: config.max_topics_per_request });
+        }
+        topics.iter().try_for_each(|topic| check_topic_name(topic, config.max_selector_len))
     }
 
     /// Validates a topic list: count and each name.
@@ -579,9 +638,24 @@ impl Hub {
         let (cursors, plan, head) =
             resume::place(&topics.topics, plan, head, || self.published(), |after| self.seek_all(&topics, after));
         drop(topics);
-        let reset = match plan.start {
-            Start::Reset(reason) => Some(reset_frame(self.ids(), reason, head, last_event_id.unwrap_or(""))),
-            Start::Fresh | Start::Resumed => None,
+        self.opened(cursors, &plan, head, last_event_id, None)
+    }
+
+    /// The subscription of placed cursors; its `reset` frame, if any, has the id `reset_id`
+    /// (the head's id when `None`).
+    fn opened(
+        &self,
+        cursors: resume::Cursors,
+        plan: &Plan,
+        head: u64,
+        last_event_id: Option<&str>,
+        reset_id: Option<&str>,
+    ) -> Subscription {
+        let given = last_event_id.unwrap_or("");
+        let reset = match (plan.start, reset_id) {
+            (Start::Reset(reason), None) => Some(reset_frame(self.ids(), reason, head, given)),
+            (Start::Reset(reason), Some(id)) => Some(resume::reset_frame_with_id(id, reason, given)),
+            (Start::Fresh | Start::Resumed, _) => None,
         };
         let resumes = &self.inner.metrics.resumes;
         match plan.start {

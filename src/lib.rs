@@ -6,7 +6,10 @@
 //!   and [`metrics`]: leaves.
 //! - [`ring`]: the lock-free ring of frames (publish, cursors, lapping, waking).
 //! - [`wire`]: the pure codecs: SSE frames, a client-side parser, publish bodies, query strings.
-//! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics.
+//! - [`hub`]: topics, event ids, publishing, resume; [`hub::Subscription`] merges a client's topics;
+//!   routed events (Mercure updates) go to audiences by selector (`hub::Selector`).
+//! - [`mercure`]: the Mercure protocol's formats (subscribe query, publish form, ids, active
+//!   subscriptions' documents).
 //! - [`security`]: authorization (JWT), CORS, TLS, rate and connection limits.
 //! - [`cluster`]: scale-out on Redis Streams (a node's consumer loop and cluster publishing);
 //!   [`store`]: the durable event log of a single node (`--data-dir`).
@@ -23,7 +26,7 @@
 //! use std::sync::Arc;
 //! use ringcast::{config::ServerConfig, hub::{Hub, HubConfig, Publish}, metrics::Metrics};
 //! let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default()))?;
-//! hub.publish(&Publish { topics: &["news"], event: None, data: "hello", retry: None })?;
+//! hub.publish(&Publish { topics: &["news"], event: None, data: "hello", retry: None, routed: None })?;
 //! let listener = ringcast::server::bind("127.0.0.1:8080".parse()?, 1024)?;
 //! ringcast::server::run(listener, hub, ServerConfig::default(), std::future::pending()).await?;
 //! # Ok(()) }
@@ -45,6 +48,8 @@ pub mod dashboard;
 pub mod demo;
 #[cfg(not(ringcast_loom))]
 pub mod hub;
+#[cfg(not(ringcast_loom))]
+pub mod mercure;
 #[cfg(not(ringcast_loom))]
 pub mod metrics;
 #[cfg(not(ringcast_loom))]

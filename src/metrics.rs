@@ -205,6 +205,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Topics that exist.
     pub topics: Gauge,
+    /// Audiences of routed (Mercure) subscriptions, as of the last sweep.
+    pub audiences: Gauge,
     /// Events published.
     pub events_published: Counter,
     /// Frames written to subscribers.
@@ -262,6 +264,11 @@ impl Metrics {
         registry.register("streams_opened", "SSE streams opened since start", self.streams_opened.clone());
         registry.register("connections", "Open TCP connections", self.connections.clone());
         registry.register("topics", "Topics that exist", self.topics.clone());
+        registry.register(
+            "mercure_audiences",
+            "Distinct Mercure subscriptions (selector and claim sets), each with a ring, as of the last sweep",
+            self.audiences.clone(),
+        );
         registry.register("events_published", "Events published", self.events_published.clone());
         registry.register("frames_delivered", "Frames written to subscribers", self.frames_delivered.clone());
         registry.register("bytes_delivered", "Bytes of frames written to subscribers", self.bytes_delivered.clone());

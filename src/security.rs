@@ -3,11 +3,13 @@
 //! stops the start with a message saying which file and why.
 //!
 //! - [`auth`]: JWT verification, topic patterns, where a request's token comes from.
+//! - [`mercure`]: the Mercure endpoint's tokens, claims and keys (sharing `auth`'s verifier).
 //! - [`limits`]: per-IP connection and publish-rate token buckets (bounded tables).
 //! - `tls`: the TLS acceptor built from the certificate and key files.
 
 pub mod auth;
 pub mod limits;
+pub mod mercure;
 mod tls;
 
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use self::auth::{Auth, AuthConfig, KeyError};
 use self::limits::{IpLimits, Rate, RateLimits};
+use self::mercure::{MercureAuth, MercureAuthConfig};
 
 /// Certificate chain and private key files (PEM).
 #[derive(Debug, Clone)]
@@ -31,6 +34,8 @@ pub struct TlsFiles {
 pub struct SecurityConfig {
     /// Token verification and topic rules.
     pub auth: AuthConfig,
+    /// The Mercure endpoint's keys and rules.
+    pub mercure: MercureAuthConfig,
     /// Origins allowed to read responses cross-origin; `*` allows any (without credentials).
     pub cors_origins: Vec<String>,
     /// Concurrent connections per client IP (0: no limit).
@@ -49,6 +54,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
             auth: AuthConfig::default(),
+            mercure: MercureAuthConfig::default(),
             cors_origins: Vec::new(),
             per_ip_max_connections: 1000,
             per_ip_connection_rate: Rate { per_second: 200.0, burst: 1000.0 },
@@ -124,6 +130,8 @@ impl Cors {
 pub struct Security {
     /// Token verification.
     pub auth: Auth,
+    /// The Mercure endpoint's token verification.
+    pub mercure: MercureAuth,
     /// CORS rules.
     pub cors: Cors,
     /// Per-IP connection limits.
@@ -148,6 +156,7 @@ impl Security {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         Ok(Self {
             auth: Auth::new(config.auth.clone())?,
+            mercure: MercureAuth::new(config.mercure.clone())?,
             cors: Cors::new(&config.cors_origins),
             ip_limits: IpLimits::new(config.per_ip_max_connections, config.per_ip_connection_rate),
             publish_limits: RateLimits::new(config.publish_rate),

@@ -24,6 +24,7 @@ mod h2;
 pub mod http;
 mod idempotency;
 mod io;
+mod mercure;
 mod request;
 mod routes;
 mod stream;

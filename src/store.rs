@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use self::record::Record;
 use self::segment::{Ending, RangeError, Segment};
 use crate::hub::{Batch, Gap, Hub, Journal, JournalError, RESERVED_PREFIX};
 use crate::metrics::Metrics;
@@ -280,7 +281,11 @@ impl Opening {
             let (segment, ending) = segment::scan(path, *first_key, |record| {
                 events += 1;
                 let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
-                restored += u64::from(hub.restore(record.key, &topics, &record.frame));
+                let into_rings = match record.routed() {
+                    Some(private) => hub.restore_routed(record.key, &topics, private, &record.frame),
+                    None => hub.restore(record.key, &topics, &record.frame),
+                };
+                restored += u64::from(into_rings);
             })
             .map_err(io_error("reading", path))?;
             let cut_at = match ending {
@@ -425,7 +430,9 @@ impl Store {
         let topics: Vec<String> = topics.iter().map(|topic| (*topic).to_owned()).collect();
         let (max_events, max_bytes) = (self.config.replay_limit, self.config.replay_bytes);
         let read = tokio::task::spawn_blocking(move || {
-            let wanted = |record_topics: &[String]| record_topics.iter().any(|topic| topics.contains(topic));
+            // A routed event's topics name no ring: it is never part of a topic's gap.
+            let wanted =
+                |record: &Record| record.routed().is_none() && record.topics.iter().any(|topic| topics.contains(topic));
             segment::read_range(&segments, gap.after, gap.through, wanted, max_events, max_bytes)
         });
         match read.await {

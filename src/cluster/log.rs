@@ -2,7 +2,8 @@
 //!
 //! # Keys (for the stream key `S`)
 //! - `S`: the stream; an entry's fields are `g` (the log's epoch), `t` (topics, one per
-//!   line), `d` (data), and optionally `e` (event type) and `r` (retry).
+//!   line), `d` (data), and optionally `e` (event type), `r` (retry), and for a routed event
+//!   (a Mercure update) `m` (its id) and `p` (present when it is private).
 //! - `S:epoch`: the log's identity, a random value made by whoever finds it missing (a new
 //!   log, or a Redis that lost its data). Every entry carries it, so a node that sees a
 //!   different one, on reconnecting or in an entry, knows the log it read is gone.
@@ -111,6 +112,21 @@ pub(super) struct LogEntry {
     pub(super) data: String,
     pub(super) event: Option<String>,
     pub(super) retry: Option<u64>,
+    /// A routed event's id, and whether it is private.
+    pub(super) routed: Option<(String, bool)>,
+}
+
+impl LogEntry {
+    /// The entry as a publish; `topics` holds its topic list.
+    pub(super) fn as_publish<'a>(&'a self, topics: &'a [&'a str]) -> crate::hub::Publish<'a> {
+        crate::hub::Publish {
+            topics,
+            event: self.event.as_deref(),
+            data: &self.data,
+            retry: self.retry,
+            routed: self.routed.as_ref().map(|(id, private)| crate::hub::Routed { id, private: *private }),
+        }
+    }
 }
 
 pub(super) fn text(value: &Value) -> Option<String> {
@@ -152,8 +168,16 @@ pub(super) fn stream_range(value: &Value) -> Vec<LogEntry> {
             let Value::Array(parts) = entry else { return None };
             let [id, Value::Array(fields)] = parts.as_slice() else { return None };
             let id: EventId = text(id)?.parse().ok()?;
-            let mut decoded =
-                LogEntry { id, epoch: None, topics: String::new(), data: String::new(), event: None, retry: None };
+            let mut decoded = LogEntry {
+                id,
+                epoch: None,
+                topics: String::new(),
+                data: String::new(),
+                event: None,
+                retry: None,
+                routed: None,
+            };
+            let mut private = false;
             for pair in fields.chunks(2) {
                 let [name, value] = pair else { continue };
                 match (text(name).as_deref(), text(value)) {
@@ -162,8 +186,13 @@ pub(super) fn stream_range(value: &Value) -> Vec<LogEntry> {
                     (Some("d"), Some(value)) => decoded.data = value,
                     (Some("e"), Some(value)) => decoded.event = Some(value),
                     (Some("r"), Some(value)) => decoded.retry = value.parse().ok(),
+                    (Some("m"), Some(value)) => decoded.routed = Some((value, false)),
+                    (Some("p"), _) => private = true,
                     _ => {}
                 }
+            }
+            if let Some((_, routed_private)) = &mut decoded.routed {
+                *routed_private = private;
             }
             Some(decoded)
         })

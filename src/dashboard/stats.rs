@@ -105,6 +105,7 @@ pub async fn produce(hub: Hub, fed: Option<Hub>, anonymous_publish: bool) -> Res
             event: Some("stats"),
             data: &snapshot.to_string(),
             retry: None,
+            routed: None,
         })?;
     }
 }

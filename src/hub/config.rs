@@ -13,6 +13,11 @@ pub struct HubConfig {
     pub max_topic_len: usize,
     /// Most topics in one subscription or one published event.
     pub max_topics_per_request: usize,
+    /// Longest routed topic or selector (Mercure topics are IRIs), in bytes.
+    pub max_selector_len: usize,
+    /// Distinct audiences of routed subscriptions at once (see `audience`); each holds a
+    /// ring of `ring_capacity` slots.
+    pub max_audiences: usize,
     /// Largest encoded frame, in bytes.
     pub max_event_bytes: usize,
     /// A topic with no subscribers and no publish for this long is dropped with its ring.
@@ -28,6 +33,8 @@ impl Default for HubConfig {
             max_topics: 1000,
             max_topic_len: 128,
             max_topics_per_request: 16,
+            max_selector_len: 1024,
+            max_audiences: 10_000,
             max_event_bytes: 64 * 1024,
             topic_ttl: Duration::from_secs(300),
             tick: Duration::from_secs(1),

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::audience::Update;
 use super::topics::Topic;
 use super::{Hub, PublishError};
 use crate::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Staged {
     /// Its topics: a range of the batch's `targets` (no allocation per event).
     pub(crate) targets: std::ops::Range<u32>,
     pub(crate) frame: Bytes,
+    /// A routed event's topics and privacy (its `targets` are then empty).
+    pub(crate) update: Option<Arc<Update>>,
 }
 
 impl Staged {
@@ -30,6 +33,11 @@ impl Staged {
     /// Its SSE frame, as subscribers get it.
     pub fn frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// Whether it is a routed event, and then whether it is private.
+    pub fn routed(&self) -> Option<bool> {
+        self.update.as_ref().map(|update| update.private)
     }
 }
 
@@ -62,9 +70,10 @@ impl Batch {
         self.targets.get(range).unwrap_or_default().iter().filter_map(|&i| self.topics.get(usize::from(i)))
     }
 
-    /// The topic names of `event`.
+    /// The topic names of `event` (a routed event's own topics).
     pub fn topic_names<'a>(&'a self, event: &'a Staged) -> impl Iterator<Item = &'a str> + Clone {
-        self.topics_of(event).map(|topic| topic.name())
+        let routed = event.update.iter().flat_map(|update| update.topics.iter().map(|topic| &**topic));
+        self.topics_of(event).map(|topic| topic.name()).chain(routed)
     }
 
     /// Whether they are to be written to disk.
@@ -128,7 +137,10 @@ impl Hub {
             }
         }
         for event in &batch.events {
-            self.write_rings(event.key, &event.frame, batch.topics_of(event), batch.clock);
+            match &event.update {
+                Some(update) => self.write_routed(event.key, &event.frame, update, batch.clock),
+                None => self.write_rings(event.key, &event.frame, batch.topics_of(event), batch.clock),
+            }
         }
         drop(registry);
         self.inner.metrics.events_published.inc_by(batch.events.len() as u64);

@@ -6,7 +6,7 @@ use crate::wire::publish::OwnedPublish;
 /// One event to publish.
 #[derive(Debug, Clone, Copy)]
 pub struct Publish<'a> {
-    /// Topics to publish to (at least one).
+    /// Topics to publish to (at least one): ring names, or a routed event's topics.
     pub topics: &'a [&'a str],
     /// The SSE event type (`message` when `None`).
     pub event: Option<&'a str>,
@@ -14,6 +14,18 @@ pub struct Publish<'a> {
     pub data: &'a str,
     /// A `retry:` hint for the clients, in milliseconds.
     pub retry: Option<u64>,
+    /// Set for a routed event (a Mercure update): its topics are matched against the
+    /// selectors subscribers use instead of naming rings (see `audience`).
+    pub routed: Option<Routed<'a>>,
+}
+
+/// What makes an event a routed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed<'a> {
+    /// The event's id, its SSE `id:` line (the hub's order key stays internal).
+    pub id: &'a str,
+    /// Only subscribers whose claim selectors match one of its topics get it.
+    pub private: bool,
 }
 
 impl<'a> Publish<'a> {
@@ -28,6 +40,7 @@ impl<'a> Publish<'a> {
                 event: event.event.as_deref(),
                 data: &event.data,
                 retry: event.retry,
+                routed: event.routed.as_ref().map(|routed| Routed { id: &routed.id, private: routed.private }),
             })
             .collect()
     }

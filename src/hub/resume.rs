@@ -223,9 +223,13 @@ pub(crate) fn place(
 
 /// The `reset` frame: its `id` is the current head, so a later reconnect resumes from there.
 pub(crate) fn reset_frame(ids: Ids, reason: ResetReason, head: u64, given: &str) -> Bytes {
+    reset_frame_with_id(&ids.id_of(head).to_string(), reason, given)
+}
+
+/// The `reset` frame with the id `id` (a routed subscription's: the newest routed event's).
+pub(crate) fn reset_frame_with_id(id: &str, reason: ResetReason, given: &str) -> Bytes {
     let data = serde_json::json!({ "reason": reason.as_str(), "lastEventId": given }).to_string();
-    let id = ids.id_of(head).to_string();
-    let event = Event { id: Some(&id), event: Some("reset"), data: &data, ..Event::default() };
+    let event = Event { id: Some(id), event: Some("reset"), data: &data, ..Event::default() };
     // The id is digits and '-', the event name is fixed: encoding cannot fail. Degrade safely.
     event.encode().unwrap_or_else(|_| Bytes::from_static(b"event: reset\ndata: {}\n\n"))
 }

@@ -14,7 +14,7 @@ fn hub(ring_capacity: usize) -> Hub {
 }
 
 fn publish(hub: &Hub, topics: &[&str], data: &str) -> EventId {
-    hub.publish(&Publish { topics, event: None, data, retry: None }).expect("valid")
+    hub.publish(&Publish { topics, event: None, data, retry: None, routed: None }).expect("valid")
 }
 
 /// Takes whatever the subscription has ready now: (data of each frame, lapped?).
@@ -63,8 +63,8 @@ async fn ids_increase_across_topics_and_a_bad_batch_publishes_nothing() {
     assert_eq!((a.seq, b.seq), (1, 2));
     assert!(a < b);
     let batch = [
-        Publish { topics: &["a"], event: None, data: "3", retry: None },
-        Publish { topics: &["a"], event: Some("bad\nname"), data: "4", retry: None },
+        Publish { topics: &["a"], event: None, data: "3", retry: None, routed: None },
+        Publish { topics: &["a"], event: Some("bad\nname"), data: "4", retry: None, routed: None },
     ];
     let error = hub.publish_batch(&batch).expect_err("entry 2 is invalid");
     assert!(matches!(error, PublishError::Frame { index: Some(1), .. }), "{error}");
@@ -76,7 +76,8 @@ async fn ids_increase_across_topics_and_a_bad_batch_publishes_nothing() {
 async fn oversize_events_are_refused() {
     let config = HubConfig { max_event_bytes: 100, ..HubConfig::default() };
     let hub = Hub::new(config, Arc::new(Metrics::default())).expect("runtime");
-    let error = hub.publish(&Publish { topics: &["a"], event: None, data: &"x".repeat(200), retry: None });
+    let error =
+        hub.publish(&Publish { topics: &["a"], event: None, data: &"x".repeat(200), retry: None, routed: None });
     assert!(matches!(error, Err(PublishError::TooLarge { max: 100, .. })), "{error:?}");
 }
 
@@ -287,7 +288,7 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
     let mut cx = Context::from_waker(Waker::noop());
     assert_eq!(sub.poll_next(&mut cx, &mut Vec::new(), Budget::UNLIMITED), Poll::Ready(Next::Shutdown));
     assert!(matches!(
-        hub.publish(&Publish { topics: &["a"], event: None, data: "", retry: None }),
+        hub.publish(&Publish { topics: &["a"], event: None, data: "", retry: None, routed: None }),
         Err(PublishError::ShuttingDown)
     ));
 }

@@ -46,8 +46,34 @@ pub(crate) struct Topic {
 }
 
 impl Topic {
+    /// A topic with a new ring of `capacity` (its dispatcher spawned on `runtime`), whose
+    /// events all have keys above `created_after`, active at tick `now`.
+    pub(super) fn new(
+        name: Arc<str>,
+        capacity: usize,
+        created_after: u64,
+        now: u64,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let (ring, dispatcher) = Ring::new(capacity);
+        runtime.spawn(dispatcher);
+        Self { name, ring, created_after, last_seq: AtomicU64::new(0), last_active: AtomicU64::new(now) }
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Appends the frame of the event `key` (keys increase per topic; one writer at a time,
+    /// see `Hub::write_rings`), at clock tick `clock`.
+    pub(super) fn append(&self, key: u64, bytes: &Bytes, clock: u64) {
+        // Relaxed: `last_seq` is written only here, by one writer at a time (the sequencer's
+        // holder, the journal, or the audience router under its lock).
+        let prev = self.last_seq.load(Relaxed).max(self.created_after);
+        self.ring.publish(Frame { seq: key, prev, bytes: bytes.clone() });
+        self.last_seq.store(key, Relaxed);
+        // Relaxed: a statistic for the sweeper.
+        self.last_active.fetch_max(clock, Relaxed);
     }
 
     /// Marks the topic active at `tick` (a subscription ended).
@@ -100,10 +126,18 @@ pub(crate) struct Topics {
     runtime: tokio::runtime::Handle,
 }
 
-/// Topics looked up with the map read-locked for as long as this lives (module invariant).
+/// Topics looked up with the map read-locked for as long as this lives (module invariant),
+/// or topics the registry does not hold (an audience's, kept alive by the router's lock).
 pub(crate) struct Resolved<'a> {
-    _map: RwLockReadGuard<'a, Map>,
+    _map: Option<RwLockReadGuard<'a, Map>>,
     pub(crate) topics: Vec<Arc<Topic>>,
+}
+
+impl Resolved<'_> {
+    /// Topics outside the registry (see the type's docs).
+    pub(crate) fn detached(topics: Vec<Arc<Topic>>) -> Self {
+        Self { _map: None, topics }
+    }
 }
 
 impl Topics {
@@ -142,7 +176,7 @@ impl Topics {
             let map = self.read();
             let found: Option<Vec<Arc<Topic>>> = names.iter().map(|name| map.get(*name).cloned()).collect();
             if let Some(topics) = found {
-                return Ok((Resolved { _map: map, topics }, count));
+                return Ok((Resolved { _map: Some(map), topics }, count));
             }
             drop(map);
             count = Some(self.create(names, &created_after, now)?);
@@ -159,16 +193,8 @@ impl Topics {
             if map.len() >= self.limit {
                 return Err(TopicError::Full { max: self.limit });
             }
-            let (ring, dispatcher) = Ring::new(self.ring_capacity);
-            self.runtime.spawn(dispatcher);
             let name: Arc<str> = Arc::from(*name);
-            let topic = Topic {
-                name: Arc::clone(&name),
-                ring,
-                created_after,
-                last_seq: AtomicU64::new(0),
-                last_active: AtomicU64::new(now),
-            };
+            let topic = Topic::new(Arc::clone(&name), self.ring_capacity, created_after, now, &self.runtime);
             tracing::debug!(topic = %name, "topic created");
             map.insert(name, Arc::new(topic));
         }
@@ -179,7 +205,7 @@ impl Topics {
     pub(crate) fn all(&self) -> Resolved<'_> {
         let map = self.read();
         let topics = map.values().cloned().collect();
-        Resolved { _map: map, topics }
+        Resolved { _map: Some(map), topics }
     }
 
     /// Drops topics idle for `ttl_ticks` with no cursors; returns how many remain.

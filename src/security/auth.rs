@@ -149,57 +149,42 @@ struct Rights {
     publish: Vec<String>,
 }
 
-/// A token verifier and the topic rules.
-pub struct Auth {
-    verifier: Option<(DecodingKey, Validation)>,
-    config: AuthConfig,
+/// Verifies tokens signed with one key: the algorithm is the key's (or the one given), and
+/// nothing else is accepted. Shared by ringcast's own routes and the Mercure endpoint.
+pub(crate) struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
 }
 
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-impl Auth {
-    /// Builds the verifier; fails if a public key cannot be read.
-    pub fn new(config: AuthConfig) -> Result<Self, KeyError> {
-        let verifier = match &config.key {
-            None => None,
-            Some(JwtKey::Hs256(secret)) => Some((DecodingKey::from_secret(secret), Algorithm::HS256)),
-            Some(JwtKey::PublicPem(pem)) => match DecodingKey::from_rsa_pem(pem) {
-                Ok(key) => Some((key, Algorithm::RS256)),
+impl Verifier {
+    /// A verifier of `key`; `algorithm` overrides the one the key implies (HS256 for a
+    /// secret, RS256 or ES256 for a public key), and must fit the key.
+    pub(crate) fn new(key: &JwtKey, algorithm: Option<Algorithm>, leeway: u64) -> Result<Self, KeyError> {
+        let (key, implied) = match key {
+            JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::PublicPem(pem) => match DecodingKey::from_rsa_pem(pem) {
+                Ok(key) => (key, Algorithm::RS256),
                 Err(rsa) => match DecodingKey::from_ec_pem(pem) {
-                    Ok(key) => Some((key, Algorithm::ES256)),
+                    Ok(key) => (key, Algorithm::ES256),
                     Err(ec) => return Err(KeyError(format!("as RSA: {rsa}; as EC: {ec}"))),
                 },
             },
-        }
-        .map(|(key, algorithm)| {
-            let mut validation = Validation::new(algorithm);
-            validation.leeway = config.leeway;
-            validation.validate_nbf = true;
-            validation.required_spec_claims = HashSet::new();
-            (key, validation)
-        });
-        Ok(Self { verifier, config })
-    }
-
-    /// Whether no key is configured (everything is allowed).
-    pub fn is_open(&self) -> bool {
-        self.verifier.is_none()
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &AuthConfig {
-        &self.config
-    }
-
-    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let Some((key, validation)) = &self.verifier else {
-            return Err(AuthError::Unauthorized("no key is configured".into()));
         };
-        let expected = validation.algorithms.first().copied().unwrap_or(Algorithm::HS256);
+        let algorithm = algorithm.unwrap_or(implied);
+        if family(algorithm) != family(implied) {
+            return Err(KeyError(format!("the algorithm {algorithm:?} does not fit this key (it takes {implied:?})")));
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = HashSet::new();
+        Ok(Self { key, validation })
+    }
+
+    /// The claims of `token`, if it is valid: the configured algorithm, a good signature, not
+    /// expired, not before its `nbf`.
+    pub(crate) fn verify<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, AuthError> {
+        let expected = self.validation.algorithms.first().copied().unwrap_or(Algorithm::HS256);
         match jsonwebtoken::decode_header(token) {
             Err(_) => {
                 return Err(AuthError::Unauthorized(
@@ -215,7 +200,7 @@ impl Auth {
             }
             Ok(_) => {}
         }
-        jsonwebtoken::decode::<Claims>(token, key, validation).map(|data| data.claims).map_err(|error| {
+        jsonwebtoken::decode::<C>(token, &self.key, &self.validation).map(|data| data.claims).map_err(|error| {
             use jsonwebtoken::errors::ErrorKind;
             let reason = match error.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired (exp is in the past)".to_owned(),
@@ -224,11 +209,48 @@ impl Auth {
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     format!("the token's algorithm is not the configured one ({expected:?})")
                 }
-                ErrorKind::Json(_) => "the token's claims are not the expected JSON".to_owned(),
+                ErrorKind::Json(error) => format!("the token's claims are not the expected JSON ({error})"),
                 _ => format!("the token is malformed ({error})"),
             };
             AuthError::Unauthorized(reason)
         })
+    }
+}
+
+/// A token verifier and the topic rules.
+pub struct Auth {
+    verifier: Option<Verifier>,
+    config: AuthConfig,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Builds the verifier; fails if a public key cannot be read.
+    pub fn new(config: AuthConfig) -> Result<Self, KeyError> {
+        let verifier = config.key.as_ref().map(|key| Verifier::new(key, None, config.leeway)).transpose()?;
+        Ok(Self { verifier, config })
+    }
+
+    /// Whether no key is configured (everything is allowed).
+    pub fn is_open(&self) -> bool {
+        self.verifier.is_none()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        match &self.verifier {
+            Some(verifier) => verifier.verify(token),
+            None => Err(AuthError::Unauthorized("no key is configured".into())),
+        }
     }
 
     /// May the holder of `token` (or anyone, without one) subscribe to all of `topics`?
@@ -279,20 +301,41 @@ impl Auth {
         cookie: Option<&'a str>,
         query_token: Option<&'a str>,
     ) -> Option<&'a str> {
-        if let Some(value) = authorization {
-            let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                return Some(token.trim());
-            }
+        if let Some(token) = authorization.and_then(bearer) {
+            return Some(token);
         }
-        let from_cookie = cookie.and_then(|header| {
-            header.split(';').find_map(|pair| {
-                let (name, value) = pair.trim().split_once('=')?;
-                (name == self.config.cookie_name && !value.is_empty()).then_some(value)
-            })
-        });
+        let from_cookie = cookie.and_then(|header| cookie_value(header, &self.config.cookie_name));
         from_cookie.or_else(|| query_token.filter(|_| self.config.query_token).filter(|t| !t.is_empty()))
     }
+}
+
+/// The kind of key an algorithm takes.
+fn family(algorithm: Algorithm) -> u8 {
+    match algorithm {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => 0,
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => 1,
+        Algorithm::ES256 | Algorithm::ES384 => 2,
+        Algorithm::EdDSA => 3,
+    }
+}
+
+/// The token of an `Authorization: Bearer` header value, if it is one.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// The value of the cookie `name` in a `Cookie` header, if set and not empty.
+pub(crate) fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key == name && !value.is_empty()).then_some(value)
+    })
 }
 
 fn allowed(patterns: &[String], topic: &str) -> bool {

@@ -118,7 +118,8 @@ fn classify(buf: &[u8]) -> Classified {
         Ok(httparse::Status::Complete(_)) => {
             let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
             let path = request.path.unwrap_or("");
-            let events = request.method == Some("GET") && path.split('?').next() == Some("/events") && !upgrade;
+            let path_only = path.split('?').next().unwrap_or("");
+            let events = request.method == Some("GET") && super::request::is_stream_path(path_only) && !upgrade;
             if !events {
                 return Classified::Other;
             }
@@ -151,7 +152,7 @@ where
     match open_stream(&ctx, &path, headers).await {
         Ok(opened) => {
             let head = head_bytes(http::StatusCode::OK, &opened.head);
-            Some(Box::new(Stream::new(&ctx, opened.sub, &head, &opened.backlog, IoTransport { io, junk: 0 })))
+            Some(Box::new(Stream::new(&ctx, opened, &head, IoTransport { io, junk: 0 })))
         }
         Err(reply) => {
             respond_and_close(io, reply).await;

@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     /// The idempotency keys of recent publishes (a standalone server's; the cluster log keeps
     /// its own).
     pub(crate) recent: super::idempotency::Recent,
+    /// This node's live Mercure subscriptions (`--mercure-subscriptions`).
+    pub(crate) subscriptions: crate::mercure::subscriptions::Table,
     /// Whether `/metrics` has a listener of its own (`--metrics-listen`); the main listener
     /// then answers it with 404.
     pub(crate) monitored: bool,
@@ -72,6 +74,7 @@ impl Ctx {
                 b"event: token-expired\ndata: {\"reason\":\"the access token expired; reconnect with a fresh one\"}\n\n",
             ),
             recent: super::idempotency::Recent::new(config.idempotency_window),
+            subscriptions: crate::mercure::subscriptions::Table::default(),
             monitored: false,
             kick: AtomicU64::new(0),
             security,

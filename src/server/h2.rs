@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 use super::ctx::Ctx;
-use super::request::{MAX_HEADERS, Reply, RequestHeaders, check_head, is_events, open_stream};
+use super::request::{MAX_HEADERS, Reply, RequestHeaders, check_head, is_stream, open_stream};
 use super::routes::{Routes, route};
 use super::stream::{BUDGET, Pending, Stream, Transport};
 use super::watch::{ConnState, InFlight, Verdict, watch};
@@ -99,20 +99,19 @@ async fn handle(
     if let Some(refusal) = check_head(request.method(), request.uri(), request.headers(), &ctx) {
         return send_reply(&mut respond, refusal.reply(None));
     }
-    if !is_events(request.method(), request.uri().path()) {
+    if !is_stream(request.method(), request.uri().path()) {
         let reply = route(&ctx, Routes::Main, ip, request.map(RequestBody)).await;
         return send_reply(&mut respond, reply);
     }
     let path = request.uri().path_and_query().map_or("/events", http::uri::PathAndQuery::as_str);
-    let opened = match open_stream(&ctx, path, RequestHeaders::of(request.headers())).await {
+    let mut opened = match open_stream(&ctx, path, RequestHeaders::of(request.headers())).await {
         Ok(opened) => opened,
         Err(reply) => return send_reply(&mut respond, reply),
     };
     let mut head = Response::new(());
-    *head.headers_mut() = opened.head;
+    *head.headers_mut() = std::mem::take(&mut opened.head);
     let Ok(send) = respond.send_response(head, false) else { return };
-    let stream = Stream::new(&ctx, opened.sub, &[], &opened.backlog, H2Transport { send });
-    drop(opened.backlog);
+    let stream = Stream::new(&ctx, opened, &[], H2Transport { send });
     stream.await;
 }
 

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ctx::Ctx;
 use super::io::Replay;
-use super::request::{MAX_HEADERS, Reply, RequestHeaders, is_events, open_stream};
+use super::request::{MAX_HEADERS, Reply, RequestHeaders, is_stream, open_stream};
 use super::routes::{Routes, route};
 use super::stream::{Pending, Stream, Transport};
 use super::watch::{ConnState, InFlight, Verdict, watch};
@@ -90,7 +90,7 @@ async fn respond(
     request: Request<Incoming>,
     in_flight: Option<InFlight>,
 ) -> Response<Body> {
-    if is_events(request.method(), request.uri().path()) {
+    if is_stream(request.method(), request.uri().path()) {
         return events(ctx, &request, in_flight).await;
     }
     Body::reply(route(ctx, Routes::Main, ip, request).await, in_flight)
@@ -98,16 +98,17 @@ async fn respond(
 
 async fn events(ctx: &Arc<Ctx>, request: &Request<Incoming>, in_flight: Option<InFlight>) -> Response<Body> {
     let path = request.uri().path_and_query().map_or("/events", http::uri::PathAndQuery::as_str);
-    let opened = match open_stream(ctx, path, RequestHeaders::of(request.headers())).await {
+    let mut opened = match open_stream(ctx, path, RequestHeaders::of(request.headers())).await {
         Ok(opened) => opened,
         Err(reply) => return Body::reply(reply, in_flight),
     };
     let state = in_flight.as_ref().map(|in_flight| Arc::clone(in_flight.state()));
     let handoff = Handoff { out: None, state, ctx: Arc::clone(ctx) };
-    let stream = Stream::new(ctx, opened.sub, &[], &opened.backlog, handoff);
+    let head = std::mem::take(&mut opened.head);
+    let stream = Stream::new(ctx, opened, &[], handoff);
     let mut response =
         Response::new(Body { kind: Kind::Events { stream: Box::new(stream), done: false }, _in_flight: in_flight });
-    response.headers_mut().extend(opened.head);
+    response.headers_mut().extend(head);
     response
 }
 

@@ -6,7 +6,10 @@
 //! - refusals ([`Refusal`]) with typed statuses; every 503 gets its `Retry-After` in [`complete`];
 //! - complete responses ([`Reply`]), the CORS headers ([`add_cors`]) and the event-stream
 //!   head ([`stream_head`]);
-//! - `GET /events` from request to subscription ([`open_stream`]).
+//! - a stream request from request to subscription ([`open_stream`]; `GET /.well-known/mercure`
+//!   is opened by `mercure`).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -95,9 +98,15 @@ pub(crate) fn head_too_large(max_bytes: usize) -> Refusal {
     )
 }
 
-/// Whether a request is `GET /events`, the stream (each path serves it its own way).
-pub(crate) fn is_events(method: &Method, path: &str) -> bool {
-    method == Method::GET && path == "/events"
+/// Whether a request is a stream, `GET /events` or `GET /.well-known/mercure` (each
+/// transport serves streams its own way).
+pub(crate) fn is_stream(method: &Method, path: &str) -> bool {
+    method == Method::GET && is_stream_path(path)
+}
+
+/// Whether `path` (without its query) is a stream's.
+pub(crate) fn is_stream_path(path: &str) -> bool {
+    path == "/events" || path == crate::mercure::PATH
 }
 
 /// A refused request: a status, a message for the body, and extra headers.
@@ -306,23 +315,33 @@ impl EventsRequest {
 }
 
 /// A stream ready to start: its subscription, the frames to send before the live ones (from
-/// the cluster log), and the response head.
+/// the cluster log), the response head, and a Mercure active subscription to keep while
+/// the stream lives.
 #[derive(Debug)]
 pub(crate) struct Opened {
     pub(crate) sub: Subscription,
     pub(crate) backlog: Vec<Bytes>,
     pub(crate) head: HeaderMap,
+    pub(crate) active: Option<Box<super::mercure::Active>>,
 }
 
-/// `GET /events`, from request to subscription: validation, authorization, resume, and a
-/// cluster resume gap. `Err` is the complete refusal to send.
-pub(crate) async fn open_stream(ctx: &Ctx, path_and_query: &str, headers: RequestHeaders) -> Result<Opened, Reply> {
+/// A stream request (`GET /events` or `GET /.well-known/mercure`), from request to
+/// subscription: validation, authorization, resume, and a cluster resume gap. `Err` is the
+/// complete refusal to send.
+pub(crate) async fn open_stream(
+    ctx: &Arc<Ctx>,
+    path_and_query: &str,
+    headers: RequestHeaders,
+) -> Result<Opened, Reply> {
+    if path_and_query.split('?').next() == Some(crate::mercure::PATH) {
+        return super::mercure::open(ctx, path_and_query, headers).await;
+    }
     let request = EventsRequest::parse(path_and_query, headers);
     let cors = request.cors(ctx);
     let mut sub = request.subscribe(ctx).map_err(|refusal| refusal.reply(cors.as_ref()))?;
     let backlog = request.fill_gap(ctx, &mut sub).await;
     tracing::debug!(topics = ?request.topics(), start = ?sub.start(), "stream opened");
-    Ok(Opened { sub, backlog, head: stream_head(cors.as_ref()) })
+    Ok(Opened { sub, backlog, head: stream_head(cors.as_ref()), active: None })
 }
 
 #[cfg(test)]

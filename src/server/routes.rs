@@ -1,7 +1,8 @@
-//! Every route but the stream, for any transport that hands over an `http::Request`:
-//! `POST /publish`, `GET /health`, `GET /metrics`, the dashboard, CORS preflights, the test
-//! hook, and the answers for wrong methods and paths. Each answer is a complete [`Reply`].
-//! (`GET /events` is served by each transport through the stream engine.)
+//! Every route but the streams, for any transport that hands over an `http::Request`:
+//! `POST /publish`, the Mercure publish and subscriptions API (`server::mercure`),
+//! `GET /health`, `GET /metrics`, the dashboard, CORS preflights, the test hook, and the
+//! answers for wrong methods and paths. Each answer is a complete [`Reply`]. (`GET /events`
+//! and `GET /.well-known/mercure` are served by each transport through the stream engine.)
 
 use std::net::IpAddr;
 
@@ -16,6 +17,7 @@ use super::idempotency::Seen;
 use super::request::{Refusal, Reply, add_cors, complete, error_json, json, text};
 use crate::cluster::{ClusterError, Published};
 use crate::hub::{JournalError, Publish, PublishError, TopicError};
+use crate::mercure;
 use crate::metrics::Rejection;
 use crate::wire::publish::{BodyError, Format, OwnedPublish};
 
@@ -45,7 +47,11 @@ where
             text(StatusCode::NOT_FOUND, "not found: this listener serves GET /metrics and /health")
         }
         (Routes::Main, &Method::POST, "/publish") => publish(ctx, ip, request).await,
-        (Routes::Main, &Method::OPTIONS, "/publish" | "/events") => preflight(cors.is_some()),
+        (Routes::Main, &Method::POST, mercure::PATH) => super::mercure::publish(ctx, ip, request).await,
+        (Routes::Main, &Method::GET, path) if path.starts_with(mercure::SUBSCRIPTIONS_PATH) => {
+            super::mercure::subscriptions(ctx, &request)
+        }
+        (Routes::Main, &Method::OPTIONS, "/publish" | "/events" | mercure::PATH) => preflight(cors.is_some()),
         (Routes::Main, &Method::GET, "/" | "/dashboard") => dashboard(),
         (Routes::Main, &Method::POST, "/debug/disconnect") if ctx.config.test_hooks => {
             ctx.kick_all();
@@ -54,6 +60,7 @@ where
         (Routes::Main, _, "/events" | "/health") => method_not_allowed("GET"),
         (Routes::Main, _, "/metrics") if metrics_here => method_not_allowed("GET"),
         (Routes::Main, _, "/publish") => method_not_allowed("POST, OPTIONS"),
+        (Routes::Main, _, mercure::PATH) => method_not_allowed("GET, POST, OPTIONS"),
         (Routes::Main, _, _) => {
             text(StatusCode::NOT_FOUND, "not found: try GET /events?topic=NAME, POST /publish, /health, /metrics")
         }
@@ -167,12 +174,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut reply = publish_request(ctx, ip, request).await;
-    let outcome = match reply.status() {
-        status if status.is_success() => return reply,
-        StatusCode::GATEWAY_TIMEOUT => "unknown",
-        _ => "not-published",
-    };
-    reply.headers_mut().insert(OUTCOME, HeaderValue::from_static(outcome));
+    mark_outcome(&mut reply);
     reply
 }
 
@@ -204,25 +206,9 @@ where
             return error_json(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error.to_string());
         }
     };
-    let max = ctx.config.max_body_bytes;
-    let too_large = || {
-        ctx.metrics.reject(Rejection::TooLarge);
-        error_json(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than the limit of {max} bytes"))
-    };
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return too_large();
-    }
-    let timeout = ctx.config.body_timeout;
-    let body = match tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(error)) => return error_json(StatusCode::BAD_REQUEST, &format!("could not read the body: {error}")),
-        Err(_) => {
-            ctx.metrics.reject(Rejection::BodyTimeout);
-            let message = format!("the body did not arrive within {timeout:?} (--body-timeout); nothing was published");
-            return error_json(StatusCode::REQUEST_TIMEOUT, &message);
-        }
+    let body = match read_body(ctx, request).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal_json(refusal),
     };
     let events = match crate::wire::publish::parse(format, &body) {
         Ok(events) => events,
@@ -266,6 +252,44 @@ where
     }
 }
 
+/// Reads a publish request's body within the size limit (413) and the body timeout (408).
+pub(crate) async fn read_body<B>(ctx: &Ctx, request: Request<B>) -> Result<Bytes, Refusal>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max = ctx.config.max_body_bytes;
+    let too_large = || {
+        ctx.metrics.reject(Rejection::TooLarge);
+        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {max} bytes"))
+    };
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let timeout = ctx.config.body_timeout;
+    match tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(error)) => Err(Refusal::new(StatusCode::BAD_REQUEST, format!("could not read the body: {error}"))),
+        Err(_) => {
+            ctx.metrics.reject(Rejection::BodyTimeout);
+            let message = format!("the body did not arrive within {timeout:?} (--body-timeout); nothing was published");
+            Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, message))
+        }
+    }
+}
+
+/// The outcome header on a publish answer that is not a success (see [`OUTCOME`]).
+pub(crate) fn mark_outcome(reply: &mut Reply) {
+    let outcome = match reply.status() {
+        status if status.is_success() => return,
+        StatusCode::GATEWAY_TIMEOUT => "unknown",
+        _ => "not-published",
+    };
+    reply.headers_mut().insert(OUTCOME, HeaderValue::from_static(outcome));
+}
+
 /// A refusal as the JSON error body publishers get.
 fn refusal_json(refusal: Refusal) -> Reply {
     let mut reply = error_json(refusal.status, &refusal.message);
@@ -275,7 +299,11 @@ fn refusal_json(refusal: Refusal) -> Reply {
 
 /// Publishes through the cluster log (cluster mode) or into the hub, at most once per
 /// idempotency key (see `idempotency`).
-async fn publish_events(ctx: &Ctx, events: &[OwnedPublish], key: Option<&str>) -> Result<Published, Refusal> {
+pub(crate) async fn publish_events(
+    ctx: &Ctx,
+    events: &[OwnedPublish],
+    key: Option<&str>,
+) -> Result<Published, Refusal> {
     let key_reused = || Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, ClusterError::KeyReused.to_string());
     let result = match &ctx.config.cluster {
         None => {

@@ -155,14 +155,19 @@ pub(crate) struct Stream<T: Transport> {
     kicks: u64,
     stats: Stats,
     ended: bool,
+    /// A Mercure active subscription, kept (and announced as ended when dropped) as long as
+    /// the stream lives.
+    _active: Option<Box<super::mercure::Active>>,
 }
 
 impl<T: Transport> Stream<T> {
     /// A stream whose first bytes are `prefix` (the transport's own head, if it writes one
     /// inline), the opening comment, a `reset` event if any, and `backlog`.
-    pub(crate) fn new(ctx: &Arc<Ctx>, mut sub: Subscription, prefix: &[u8], backlog: &[Bytes], transport: T) -> Self {
+    pub(crate) fn new(ctx: &Arc<Ctx>, opened: super::request::Opened, prefix: &[u8], transport: T) -> Self {
+        let super::request::Opened { mut sub, backlog, active, .. } = opened;
         let reset = sub.take_reset_frame();
         let backlog_len: usize = backlog.iter().map(Bytes::len).sum();
+        // The backlog is copied into the opening bytes and freed here.
         let reset_len = reset.as_ref().map_or(0, Bytes::len);
         let mut opening = BytesMut::with_capacity(prefix.len() + ctx.opening.len() + reset_len + backlog_len);
         opening.put_slice(prefix);
@@ -170,9 +175,10 @@ impl<T: Transport> Stream<T> {
         if let Some(reset) = reset {
             opening.put_slice(&reset);
         }
-        for frame in backlog {
+        for frame in &backlog {
             opening.put_slice(frame);
         }
+        drop(backlog);
         ctx.metrics.streams.inc();
         ctx.metrics.streams_opened.inc();
         let tick = sub.tick();
@@ -190,6 +196,7 @@ impl<T: Transport> Stream<T> {
             kicks: ctx.kicks(),
             stats: Stats::default(),
             ended: false,
+            _active: active,
         }
     }
 

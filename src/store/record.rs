@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! record  = len: u32 LE | crc: u32 LE | body            (len = body length, crc = CRC-32 of body)
-//! body    = kind: u8 (1 = event) | key: u64 LE | time_ms: u64 LE | flags: u8
+//! body    = kind: u8 (1 = event) | key: u64 LE | time_ms: u64 LE | flags: u8 (ROUTED, PRIVATE)
 //!         | topics: u16 LE count, then per topic u16 LE length + UTF-8
 //!         | frame: the SSE frame, to the end of the body
 //! ```
@@ -18,14 +18,35 @@ pub(crate) const HEADER: usize = 8;
 pub(crate) const MAX_BODY: usize = 16 << 20;
 /// The record kind of an event.
 const EVENT: u8 = 1;
+/// Flag: a routed event (a Mercure update): its topics name no ring, its id is the frame's.
+pub(crate) const ROUTED: u8 = 1;
+/// Flag: a private routed event.
+pub(crate) const PRIVATE: u8 = 2;
 
 /// An event as the log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) key: u64,
     pub(crate) time_ms: u64,
+    pub(crate) flags: u8,
     pub(crate) topics: Vec<String>,
     pub(crate) frame: Bytes,
+}
+
+impl Record {
+    /// Whether it is a routed event (and then whether it is private).
+    pub(crate) fn routed(&self) -> Option<bool> {
+        (self.flags & ROUTED != 0).then_some(self.flags & PRIVATE != 0)
+    }
+}
+
+/// The flags of an event: `routed` is `Some(private)` for a routed event.
+pub(crate) fn flags(routed: Option<bool>) -> u8 {
+    match routed {
+        None => 0,
+        Some(false) => ROUTED,
+        Some(true) => ROUTED | PRIVATE,
+    }
 }
 
 /// Appends the record of an event to `out`.
@@ -33,6 +54,7 @@ pub(crate) fn encode<'a>(
     out: &mut Vec<u8>,
     key: u64,
     time_ms: u64,
+    flags: u8,
     topics: impl Iterator<Item = &'a str> + Clone,
     frame: &[u8],
 ) {
@@ -41,7 +63,7 @@ pub(crate) fn encode<'a>(
     out.put_u8(EVENT);
     out.put_u64_le(key);
     out.put_u64_le(time_ms);
-    out.put_u8(0);
+    out.put_u8(flags);
     out.put_u16_le(u16::try_from(topics.clone().count()).unwrap_or(u16::MAX));
     for topic in topics {
         // Topic names are at most `--max-topic-len` bytes (checked when published).
@@ -93,18 +115,18 @@ pub(crate) fn decode(bytes: &[u8], frame_from: impl FnOnce(std::ops::Range<usize
         }
         let key = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let time_ms = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let _flags = take(1)?;
+        let flags = take(1)?[0];
         let count = u16::from_le_bytes(take(2)?.try_into().ok()?);
         let mut topics = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
             topics.push(String::from_utf8(take(usize::from(len))?.to_vec()).ok()?);
         }
-        Some((key, time_ms, topics))
+        Some((key, time_ms, flags, topics))
     })();
-    let Some((key, time_ms, topics)) = fields else { return Decoded::Bad("a malformed record body") };
+    let Some((key, time_ms, flags, topics)) = fields else { return Decoded::Bad("a malformed record body") };
     let frame = frame_from(HEADER + at..HEADER + len);
-    Decoded::Record { record: Record { key, time_ms, topics, frame }, size: HEADER + len }
+    Decoded::Record { record: Record { key, time_ms, flags, topics, frame }, size: HEADER + len }
 }
 
 #[cfg(test)]
@@ -121,10 +143,11 @@ mod tests {
     #[test]
     fn a_record_round_trips_and_any_damage_is_seen() {
         let mut out = Vec::new();
-        encode(&mut out, 42, 7, ["a", "b/c"].into_iter(), b"id: 1-42\ndata: x\n\n");
+        encode(&mut out, 42, 7, super::flags(Some(true)), ["a", "b/c"].into_iter(), b"id: 1-42\ndata: x\n\n");
         let want = Record {
             key: 42,
             time_ms: 7,
+            flags: super::ROUTED | super::PRIVATE,
             topics: vec!["a".into(), "b/c".into()],
             frame: Bytes::from_static(b"id: 1-42\ndata: x\n\n"),
         };

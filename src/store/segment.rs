@@ -175,7 +175,7 @@ pub(crate) fn read_range(
     segments: &[Segment],
     after: u64,
     through: u64,
-    wanted: impl Fn(&[String]) -> bool,
+    wanted: impl Fn(&Record) -> bool,
     max_events: usize,
     max_bytes: usize,
 ) -> Result<Vec<Bytes>, RangeError> {
@@ -220,7 +220,7 @@ pub(crate) fn read_range(
             if record.key > through {
                 return Ok(frames);
             }
-            if wanted(&record.topics) {
+            if wanted(&record) {
                 bytes += record.frame.len();
                 frames.push(record.frame);
                 if frames.len() > max_events || bytes > max_bytes {
@@ -244,7 +244,7 @@ mod tests {
         let mut bytes = MAGIC.to_vec();
         for key in keys {
             let topic = if key % 2 == 0 { "even" } else { "odd" };
-            record::encode(&mut bytes, key, key, [topic].into_iter(), format!("data: {key}\n\n").as_bytes());
+            record::encode(&mut bytes, key, key, 0, [topic].into_iter(), format!("data: {key}\n\n").as_bytes());
         }
         std::fs::File::create(&path).and_then(|mut file| file.write_all(&bytes)).expect("write");
         path
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(keys, (1..2001).collect::<Vec<_>>());
         assert_eq!((segment.first_key, segment.last_key, segment.events), (1, 2000, 2000));
         assert_eq!(segment.index.len() as u64, 2000u64.div_ceil(INDEX_EVERY));
-        let frames = read_range(&[segment], 1500, 1510, |t| t[0] == "even", 100, 1 << 20).expect("range");
+        let frames = read_range(&[segment], 1500, 1510, |r| r.topics[0] == "even", 100, 1 << 20).expect("range");
         let got: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
         assert_eq!(got, (1502..=1510).step_by(2).map(|k| format!("data: {k}\n\n")).collect::<Vec<_>>());
     }

@@ -129,7 +129,8 @@ impl Writer {
         for batch in round.iter().filter(|batch| batch.persist()) {
             for event in batch.events() {
                 let start = self.buf.len();
-                record::encode(&mut self.buf, event.key(), now, batch.topic_names(event), event.frame());
+                let flags = record::flags(event.routed());
+                record::encode(&mut self.buf, event.key(), now, flags, batch.topic_names(event), event.frame());
                 self.offsets.push((event.key(), start as u64, (self.buf.len() - start) as u64, now));
             }
         }

@@ -121,6 +121,20 @@ impl Event<'_> {
     }
 }
 
+/// The `id:` field of a frame [`Event::encode`] made (its fields come before the data).
+pub fn id_of(frame: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(frame).ok()?;
+    for line in text.split('\n') {
+        if let Some(id) = line.strip_prefix("id: ") {
+            return Some(id);
+        }
+        if line.is_empty() || line.starts_with("data:") {
+            return None;
+        }
+    }
+    None
+}
+
 /// A comment-only frame (`: text`, blank line): dispatches no event, keeps proxies and
 /// clients from timing out. Multi-line text becomes several comment lines.
 pub fn comment(text: &str) -> Bytes {

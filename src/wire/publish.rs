@@ -18,6 +18,17 @@ pub struct OwnedPublish {
     pub data: String,
     /// `retry:` hint in milliseconds.
     pub retry: Option<u64>,
+    /// Set for a routed event (a Mercure update, see `hub::Routed`).
+    pub routed: Option<OwnedRouted>,
+}
+
+/// A routed event's id and privacy, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRouted {
+    /// The event's id.
+    pub id: String,
+    /// Only authorized subscribers get it.
+    pub private: bool,
 }
 
 /// Why a body could not be parsed.
@@ -107,7 +118,7 @@ impl From<JsonEvent> for OwnedPublish {
             Topics::One(topic) => vec![topic],
             Topics::Many(topics) => topics,
         };
-        Self { topics, event: event.event, data, retry: event.retry }
+        Self { topics, event: event.event, data, retry: event.retry, routed: None }
     }
 }
 
@@ -137,7 +148,7 @@ fn parse_json(text: &str, line: Option<usize>) -> Result<OwnedPublish, BodyError
 }
 
 fn parse_form(text: &str) -> Result<OwnedPublish, BodyError> {
-    let mut event = OwnedPublish { topics: Vec::new(), event: None, data: String::new(), retry: None };
+    let mut event = OwnedPublish { topics: Vec::new(), event: None, data: String::new(), retry: None, routed: None };
     let mut seen_data = false;
     for (key, value) in form_urlencoded::parse(text.as_bytes()) {
         let once = |seen: bool| {
@@ -199,6 +210,10 @@ pub fn digest(events: &[OwnedPublish]) -> u64 {
         eat(event.event.as_deref().unwrap_or("\u{0}").as_bytes());
         eat(event.data.as_bytes());
         eat(event.retry.map(|retry| retry.to_string()).as_deref().unwrap_or("-").as_bytes());
+        if let Some(routed) = &event.routed {
+            eat(if routed.private { b"routed private" } else { b"routed" });
+            eat(routed.id.as_bytes());
+        }
     }
     hash
 }

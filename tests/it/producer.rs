@@ -23,7 +23,13 @@ async fn a_failing_producer_is_restarted_and_clients_keep_their_heartbeats() {
                 0 => panic!("first run panics"),
                 1 => anyhow::bail!("second run fails"),
                 _ => {
-                    hub.publish(&Publish { topics: &["feed"], event: None, data: "third run works", retry: None })?;
+                    hub.publish(&Publish {
+                        topics: &["feed"],
+                        event: None,
+                        data: "third run works",
+                        retry: None,
+                        routed: None,
+                    })?;
                     std::future::pending::<()>().await;
                     Ok(())
                 }

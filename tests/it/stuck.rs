@@ -102,7 +102,10 @@ async fn a_never_reading_client_is_dropped_on_every_transport() {
     let pad = "p".repeat(1000);
     for i in 0..300 {
         let data = format!("{i} {pad}");
-        secure.hub.publish(&Publish { topics: &["stall"], event: None, data: &data, retry: None }).expect("publish");
+        secure
+            .hub
+            .publish(&Publish { topics: &["stall"], event: None, data: &data, retry: None, routed: None })
+            .expect("publish");
     }
     // Within the write timeout plus a tick (and the publishing), never by the client.
     wait_for("3 stuck plaintext streams dropped", WAIT, || stuck_drops(&plain) == 3).await;

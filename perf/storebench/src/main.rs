@@ -59,7 +59,7 @@ async fn ringcast(events: u64, group: u64, payload: &str) {
         let store = opening.recover(&hub).expect("recover");
         let topics = ["t"];
         let batch: Vec<Publish<'_>> =
-            (0..group).map(|_| Publish { topics: &topics, event: None, data: payload, retry: None }).collect();
+            (0..group).map(|_| Publish { topics: &topics, event: None, data: payload, retry: None, routed: None }).collect();
         let started = Instant::now();
         for _ in 0..events / group {
             hub.publish_acked(&batch).await.expect("publish");

@@ -6,6 +6,7 @@ fn one(topics: &[&str], event: Option<&str>, data: &str) -> OwnedPublish {
         event: event.map(str::to_owned),
         data: data.to_owned(),
         retry: None,
+        routed: None,
     }
 }
 
@@ -112,6 +113,7 @@ fn the_digest_tells_batches_apart_and_is_stable() {
         event: None,
         data: data.to_owned(),
         retry: None,
+        routed: None,
     };
     let one = [event(&["a"], "bc")];
     assert_eq!(super::digest(&one), super::digest(&one.clone()));
