@@ -5,6 +5,7 @@ mod cluster;
 mod heartbeat;
 mod http2;
 mod limits;
+mod mercure;
 mod monitor;
 mod producer;
 mod publish;

@@ -308,3 +308,59 @@ async fn a_data_dir_and_cluster_mode_are_refused_together() {
     assert!(!status.success());
     assert!(said.contains("--data-dir") && said.contains("--redis"), "{said}");
 }
+
+/// Publishes a Mercure update (the binary runs without keys: publishing is open).
+async fn mercure_publish(addr: std::net::SocketAddr, form: &str) -> String {
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, _, id) = request(addr, "POST", "/.well-known/mercure", &headers, form.as_bytes()).await;
+    assert_eq!(status, 200, "{form}: {id}");
+    id
+}
+
+/// Mercure updates survive a `kill -9`: publisher ids resume exactly after the restart,
+/// `earliest` replays what the history holds, and a private update stays private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mercure_ids_and_earliest_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir_arg(dir.path());
+    let args = ["--data-dir", &data_dir, "--fsync", "always"];
+    let mut node = Binary::start(&args);
+    for i in 0..5 {
+        let private = if i == 2 { "&private=on" } else { "" };
+        let id = mercure_publish(
+            node.addr,
+            &format!("topic=https%3A%2F%2Fexample.com%2Fm%2F{i}&data=m{i}&id=m-{i}{private}"),
+        )
+        .await;
+        assert_eq!(id, format!("m-{i}"));
+    }
+    node.crash();
+    let node = Binary::start(&args);
+    let path = "/.well-known/mercure?topic=https%3A%2F%2Fexample.com%2Fm%2F%7Bi%7D";
+    let mut resumed = SseClient::connect(node.addr, path, &[("last-event-id", "m-1")]).await;
+    assert_eq!(resumed.header("last-event-id").as_deref(), Some("m-1"));
+    let mut earliest = SseClient::connect(node.addr, &format!("{path}&lastEventID=earliest"), &[]).await;
+    let generated = mercure_publish(node.addr, "topic=https%3A%2F%2Fexample.com%2Fm%2F9&data=after").await;
+    assert!(generated.starts_with("urn:uuid:"));
+    let data = |events: Vec<SseEvent>| events.into_iter().map(|e| e.data).collect::<Vec<_>>();
+    assert_eq!(data(resumed.events(3).await), ["m3", "m4", "after"], "the private m2 is not sent to anonymous");
+    assert_eq!(data(earliest.events(5).await), ["m0", "m1", "m3", "m4", "after"]);
+}
+
+/// Mercure topics are not ringcast topics: a `/events` resume served from the log never
+/// includes a Mercure update, even one whose topic has the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_resume_of_a_topic_skips_mercure_updates_of_the_same_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir_arg(dir.path());
+    let node = Binary::start(&["--data-dir", &data_dir, "--ring-capacity", "2"]);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.extend(publish(node.addr, "shared", &[format!("events-{i}")]).await.expect("published"));
+        mercure_publish(node.addr, &format!("topic=shared&data=mercure-{i}")).await;
+    }
+    // The ring holds the last two events of `shared`: the first ones come from the log.
+    let replayed = replay(node.addr, "shared", &ids[0], "events-3").await;
+    let data: Vec<&str> = replayed.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["events-1", "events-2", "events-3"]);
+}
