@@ -476,7 +476,7 @@ async fn subscription_events_and_the_subscriptions_api() {
         let mut watcher = env.subscribe(&watch_path, &[("authorization", &format!("Bearer {watcher_claim}"))]).await;
         let mut anonymous_watcher = env.subscribe(&watch_path, &[]).await;
         let selector = "https://example.com/watched/{id}";
-        let mut watched = Some(
+        let mut watched_sub = Some(
             env.subscribe(
                 &subscribe_path(&[selector], ""),
                 &[("authorization", &format!("Bearer {}", subscriber(&["https://example.com/watched/1"])))],
@@ -544,7 +544,7 @@ async fn subscription_events_and_the_subscriptions_api() {
         let (status, _, _) = api(format!("{id}x"), Some(reader.clone())).await;
         assert_eq!(status, 404);
         // The subscription ends: an `active: false` event.
-        drop(watched.take());
+        drop(watched_sub.take());
         let mut ended = None;
         for _ in 0..5 {
             let event = watcher.event().await;
