@@ -3,6 +3,7 @@
 // Every process started here is tracked by PID and killed at exit, also on failure.
 
 import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -94,6 +95,13 @@ export function request(url, { method = 'GET', headers = {}, body, ca, timeout =
     if (body !== undefined) req.write(body);
     req.end();
   });
+}
+
+/** An HS256 JSON Web Token of `claims`, signed with `secret`. */
+export function jwt(secret, claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${unsigned}.${crypto.createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
 }
 
 /** Parses Prometheus text into `{ 'name{labels}': value }`. */

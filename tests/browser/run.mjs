@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
-  OUT, Server, checkPrerequisites, launchChromium, openTestPage, selfSignedCert, sleep, waitFor, watchConsole,
+  OUT, Server, checkPrerequisites, jwt, launchChromium, openTestPage, request, selfSignedCert, sleep, waitFor, watchConsole,
 } from './lib.mjs';
 
 const JWT_SECRET = 'browser-test-secret-0123456789abcdef0123456789abcdef';
@@ -405,5 +405,91 @@ test('HTTP/2 over TLS: 20 EventSource streams in one page share one connection, 
     await context.close();
   } finally {
     await h2browser.close().catch(() => {});
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+test('Mercure: EventSource subscribers get publisher ids, space-led multi-line data, a private update by cookie, and resume with Last-Event-ID', { timeout: 90000 }, async () => {
+  const PUB = 'browser-mercure-publisher-key';
+  const SUB = 'browser-mercure-subscriber-key';
+  const RETRY_MS = 700;
+  const srv = await server('mercure', [
+    '--test-hooks', '--retry-ms', String(RETRY_MS), '--mercure-anonymous',
+    '--mercure-publisher-jwt-key', PUB, '--mercure-subscriber-jwt-key', SUB,
+  ]);
+  const publisherToken = jwt(PUB, { mercure: { publish: ['*'] } });
+  const publish = async (fields) => {
+    const body = new URLSearchParams(fields).toString();
+    const response = await request(srv.base + '/.well-known/mercure', {
+      method: 'POST', body,
+      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Bearer ${publisherToken}` },
+    });
+    assert.equal(response.status, 200, response.text);
+    assert.match(response.headers['content-type'], /^text\/plain/);
+    return response.text;
+  };
+  const page = () => `<!doctype html><meta charset="utf-8"><script>
+    window.log = [];
+    const url = new URL('/.well-known/mercure', location.origin);
+    url.searchParams.append('topic', 'https://example.com/books/{id}');
+    url.searchParams.append('topic', 'https://example.com/users/42/{+rest}');
+    const es = new EventSource(url);
+    es.onopen = () => log.push({ kind: 'open' });
+    es.onerror = () => log.push({ kind: 'error', readyState: es.readyState });
+    es.onmessage = (e) => log.push({ kind: 'event', id: e.lastEventId, data: e.data });
+  </script>`;
+  const privateClaim = jwt(SUB, { mercure: { subscribe: ['https://example.com/users/42/{+rest}'] } });
+  const withCookie = await browser.newContext();
+  await withCookie.addCookies([{ name: 'mercureAuthorization', value: privateClaim, url: srv.base, httpOnly: true, sameSite: 'Strict' }]);
+  const anonymous = await browser.newContext();
+  try {
+    const authorized = await withCookie.newPage();
+    const cdp = await withCookie.newCDPSession(authorized);
+    await cdp.send('Network.enable');
+    const streams = [];
+    const sent = new Map();
+    const answered = new Map();
+    cdp.on('Network.requestWillBeSent', ({ requestId, request: r }) => { if (r.url.includes('/.well-known/mercure?')) streams.push(requestId); });
+    cdp.on('Network.requestWillBeSentExtraInfo', ({ requestId, headers }) => sent.set(requestId, headers));
+    cdp.on('Network.responseReceivedExtraInfo', ({ requestId, headers }) => answered.set(requestId, headers));
+    await openTestPage(authorized, srv.base + '/__test/mercure', page());
+    const guest = await anonymous.newPage();
+    await openTestPage(guest, srv.base + '/__test/mercure-guest', page());
+    const logOf = (p) => p.evaluate(() => window.log);
+    await waitFor('both EventSources open', async () => count(await logOf(authorized), 'open') === 1 && count(await logOf(guest), 'open') === 1);
+
+    const spaced = ' one leading space\n  two leading spaces\n\nafter an empty line';
+    const ids = [];
+    ids.push(await publish({ topic: 'https://example.com/books/1', data: spaced, id: 'https://example.com/books/1/v1' }));
+    ids.push(await publish([['topic', 'https://example.com/books/2'], ['topic', 'https://example.com/users/42/books/2'], ['data', 'private to user 42'], ['private', 'on']]));
+    ids.push(await publish({ topic: 'https://example.com/books/3', data: 'public again' }));
+    assert.equal(ids[0], 'https://example.com/books/1/v1', 'the publisher id is the id');
+    assert.match(ids[1], /^urn:uuid:[0-9a-f-]{36}$/, 'a generated id is a urn:uuid IRI');
+    const seen = (p, n) => waitFor(`${n} events`, async () => { const events = eventsOf(await logOf(p)); return events.length >= n && events; });
+    const got = await seen(authorized, 3);
+    assert.deepEqual(got.map(({ id, data }) => ({ id, data })), [
+      { id: ids[0], data: spaced }, { id: ids[1], data: 'private to user 42' }, { id: ids[2], data: 'public again' },
+    ], 'the cookie-authorized page gets the private update; data lines keep their leading spaces');
+    const guestGot = await seen(guest, 2);
+    assert.deepEqual(guestGot.map((e) => e.id), [ids[0], ids[2]]);
+
+    // Dropped: the browser reconnects with Last-Event-ID and gets what it missed, once.
+    await srv.kick();
+    await waitFor('the drop', async () => count(await logOf(authorized), 'error') === 1);
+    const missed = await publish({ topic: 'https://example.com/books/4', data: 'while away', id: 'book-4' });
+    await waitFor('the reconnection', async () => count(await logOf(authorized), 'open') === 2, { timeout: RETRY_MS + 10000 });
+    const after = await seen(authorized, 4);
+    assert.deepEqual(after.map((e) => e.id), [...ids, missed], 'every update exactly once, in order');
+    const lastEventIdOf = (headers) => Object.entries(headers ?? {}).find(([k]) => k.toLowerCase() === 'last-event-id')?.[1];
+    const [, reconnect] = await waitFor('the reconnection request and its answer', () =>
+      streams.length === 2 && sent.has(streams[1]) && answered.has(streams[1]) && streams, { timeout: 5000 });
+    assert.equal(lastEventIdOf(sent.get(reconnect)), ids[2], 'Chromium sent Last-Event-ID');
+    assert.equal(lastEventIdOf(answered.get(reconnect)), ids[2], 'the hub answered with the Last-Event-ID header');
+    const metrics = await srv.metrics();
+    assert.equal(metrics['ringcast_disconnects_total{reason="test_hook"}'], 2);
+    console.log(`# Mercure ids ${ids.join(', ')}, ${missed}; reconnection sent Last-Event-ID ${lastEventIdOf(sent.get(reconnect))}`);
+  } finally {
+    await withCookie.close();
+    await anonymous.close();
   }
 });
