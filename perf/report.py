@@ -44,15 +44,17 @@ SCENARIOS = {
     "S4": "max: 1,000 clients, rate raised until not clean",
     "S5": "slow clients: S3 with 1% clients that never read",
     "L": "light: 1,000 clients x 20 ev/s",
+    "P": "private fan-out: 1,000 clients in 10 groups, 100,000 updates (2,000/s), one request each",
 }
-SERVER_ORDER = ["ringcast", "ringcastlog", "baseline", "nchan"]
+SERVER_ORDER = ["ringcast", "ringcastmercure", "ringcastlog", "baseline", "nchan"]
 SERVER_NAMES = {
     "ringcast": "ringcast",
     "ringcastlog": "ringcast with its durable log (--data-dir, --fsync interval)",
+    "ringcastmercure": "ringcast through /.well-known/mercure (a URI-template selector, form publishes)",
     "baseline": "baseline (axum Sse + tokio broadcast)",
     "nchan": "nginx + nchan",
 }
-COLORS = {"ringcast": "#1f77b4", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
+COLORS = {"ringcast": "#1f77b4", "ringcastmercure": "#ff7f0e", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
 
 
 # ----------------------------------------------------------------------------- /proc reading
@@ -1003,6 +1005,9 @@ COMPARE = [
     ("S5", "server CPU per delivery", lambda r: get(r, "server_stats", "cpu_per_delivery_us"), lambda v: f"{v:.2f} µs", False),
     ("L", "server CPU per delivery", lambda r: get(r, "server_stats", "cpu_per_delivery_us"), lambda v: f"{v:.2f} µs", False),
     ("L", "latency p50", lambda r: get(r, "loadgen", "latency", "p50_us"), lambda v: f"{fmt_ms(v)} ms", False),
+    ("P", "deliveries/s", lambda r: get(r, "loadgen", "delivery", "deliveries_per_s"), fmt_rate, True),
+    ("P", "latency p99", lambda r: get(r, "loadgen", "latency", "p99_us"), lambda v: f"{fmt_ms(v)} ms", False),
+    ("P", "server CPU per delivery", lambda r: get(r, "server_stats", "cpu_per_delivery_us"), lambda v: f"{v:.2f} µs", False),
 ]
 
 

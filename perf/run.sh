@@ -4,7 +4,7 @@
 # nginx + nchan in the same run, and with the server on both cores. perf/README.md documents the
 # scenarios, the measurements and how to read the results.
 #
-# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L] [--compare] [--both-cores] [--quick] [--with-log]
+# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L,P] [--compare] [--both-cores] [--quick] [--with-log] [--with-mercure]
 #                    [--out DIR] [--no-build] [--max-load X] [--load-wait S]
 #
 # Writes DIR/<run>-<setup>-<scenario>.json and .hgrm, DIR/<run>.md, DIR/<run>-latency.svg
@@ -18,11 +18,13 @@ PERF=$ROOT/perf
 PY=python3
 REPORT=$PERF/report.py
 
-ALL_SCENARIOS=(S1 S2 S3 S4 S5 L)
-SCENARIOS=$(IFS=,; echo "${ALL_SCENARIOS[*]}")
+ALL_SCENARIOS=(S1 S2 S3 S4 S5 L P)
+# P (private fan-out) runs only when asked for (it is the Mercure comparison's).
+SCENARIOS=S1,S2,S3,S4,S5,L
 COMPARE=0
 BOTH_CORES=0
 WITH_LOG=0
+WITH_MERCURE=0
 QUICK=0
 BUILD=1
 OUT=$PERF/results
@@ -34,12 +36,16 @@ usage() {
     cat <<'EOF'
 
 Options:
-  --scenarios LIST  comma-separated subset of S1,S2,S3,S4,S5,L (default: all)
+  --scenarios LIST  comma-separated subset of S1,S2,S3,S4,S5,L,P (default: all but P)
   --compare         also run every scenario against perf/baseline and, when nginx with the
                     nchan module is installed, nginx + nchan
   --both-cores      also run each server unpinned with 2 workers
   --with-log        also run ringcast with its durable log on (--data-dir, --fsync interval):
                     setup ringcastlog-1c, in the same run as memory-only ringcast-1c
+  --with-mercure    also run ringcast through the Mercure endpoint: subscribers use a URI
+                    template selector, the publisher posts one form per update (setup
+                    ringcastmercure-1c, in the same run as ringcast-1c on /events); in P the
+                    updates are private and each group of subscribers has its own claim
   --quick           small client counts and a few seconds per scenario (smoke test)
   --out DIR         results directory (default: perf/results)
   --no-build        use the binaries already built
@@ -59,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --compare) COMPARE=1; shift ;;
         --both-cores) BOTH_CORES=1; shift ;;
         --with-log) WITH_LOG=1; shift ;;
+        --with-mercure) WITH_MERCURE=1; shift ;;
         --quick) QUICK=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) [[ $# -ge 2 ]] || die "--out needs a directory"; OUT=$2; shift 2 ;;
@@ -219,6 +226,7 @@ log "sysctl: $SYSCTL_NOTE"
 # ------------------------------------------------------------------ server setups
 
 SETUPS=(ringcast-1c)
+[[ $WITH_MERCURE == 1 ]] && SETUPS+=(ringcastmercure-1c)
 [[ $WITH_LOG == 1 ]] && SETUPS+=(ringcastlog-1c)
 [[ $COMPARE == 1 ]] && SETUPS+=(baseline-1c)
 [[ -n $NCHAN_MODULE ]] && SETUPS+=(nchan-1c)
@@ -297,6 +305,13 @@ start_server() {
             # population of clients, and 10,000 connections from it would trip them.
             cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
                  --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0) ;;
+        ringcastmercure)
+            # The same, with Mercure's keys (publishers need a token; subscribers may come
+            # without one, and then get public updates only).
+            cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
+                 --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0
+                 --mercure-publisher-jwt-key "$MERCURE_PUBLISHER_KEY" --mercure-subscriber-jwt-key "$MERCURE_SUBSCRIBER_KEY"
+                 --mercure-anonymous) ;;
         ringcastlog)
             # The same, with the durable log on (its directory is fresh for every run).
             rm -rf "$TMP/data-$name"
@@ -319,7 +334,7 @@ start_server() {
     SERVER_PID=$!
     TRACKED[$SERVER_PID]="$setup server"
     local expect=
-    [[ $server == ringcast || $server == ringcastlog ]] && expect=ringcast
+    [[ $server == ringcast* ]] && expect=ringcast
     [[ $server == baseline ]] && expect=ringcast-baseline
     [[ $server == nchan ]] && expect=nginx
     for ((i = 0; i < 100; i++)); do
@@ -362,6 +377,20 @@ run_load() {
     if [[ $server == nchan ]]; then
         extra=(--subscribe-path '/sub/{topic}' --publish-path '/pub/{topic}' --publish-format raw
                --topic-prefix "r${RUN//[^0-9]/}-$scen-")
+    fi
+    if [[ $server == ringcastmercure ]]; then
+        # Every subscriber uses one URI-template selector (the hub ignores `for`, which only
+        # keeps the loadgen's one request per topic) and a token (`--topic-tokens`: the
+        # subscribers of topic i get token i, whose claim allows topic i). S*: one topic,
+        # public updates. P: one topic per group, private updates.
+        extra=(--subscribe-path '/.well-known/mercure?topic=https%3A%2F%2Floadgen.test%2Fitems%2F%7Bid%7D&for={topic}'
+               --publish-path /.well-known/mercure --topic-prefix "https://loadgen.test/items/"
+               --token "$MERCURE_PUBLISHER_TOKEN" --topic-tokens "$MERCURE_TOKENS")
+        if [[ $scen == P ]]; then
+            extra+=(--publish-format mercure-private)
+        else
+            extra+=(--publish-format mercure)
+        fi
     fi
     # Relative to the repository root when it is inside it, for a recorded command that can
     # be pasted; the loadgen runs from the root.
@@ -437,6 +466,25 @@ run_load() {
 
 COMMON=(--size 128 --topics 1 --threads 1)
 
+# Mercure's keys and tokens (setup ringcastmercure): HS256, made here for this run.
+MERCURE_PUBLISHER_KEY=perf-mercure-publisher-$RUN
+MERCURE_SUBSCRIBER_KEY=perf-mercure-subscriber-$RUN
+P_GROUPS=10
+jwt() { # KEY CLAIMS_JSON
+    "$PY" - "$1" "$2" <<'PYEOF'
+import base64, hashlib, hmac, json, sys
+part = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+unsigned = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + part(sys.argv[2].encode())
+print(unsigned + "." + part(hmac.new(sys.argv[1].encode(), unsigned.encode(), hashlib.sha256).digest()))
+PYEOF
+}
+MERCURE_PUBLISHER_TOKEN=$(jwt "$MERCURE_PUBLISHER_KEY" '{"mercure":{"publish":["*"]}}')
+MERCURE_TOKENS=$TMP/mercure-tokens
+: >"$MERCURE_TOKENS"
+for ((g = 0; g < P_GROUPS; g++)); do
+    jwt "$MERCURE_SUBSCRIBER_KEY" "{\"mercure\":{\"subscribe\":[\"https://loadgen.test/items/$g\"]}}" >>"$MERCURE_TOKENS"
+done
+
 run_scenario() { # SETUP SCENARIO
     local setup=$1 scen=$2 base="$RUN-$1-$2" clients rate warmup duration
     local result=$OUT/$base.json
@@ -472,6 +520,18 @@ run_scenario() { # SETUP SCENARIO
             run_load "$setup" "$scen" "$base" "$result" "$LOAD_WAIT" "$warmup" "$duration" -- \
                 --clients "$clients" --rate "$rate" --warmup "$warmup" --duration "$duration" \
                 --drain "$(q 5 2)" "${slow[@]}" "${COMMON[@]}"
+            ;;
+        P)
+            # Private fan-out: 1,000 subscribers in 10 groups (topics), 100,000 updates in
+            # all (2,000/s for 50 s), one request per update; with --with-mercure each group
+            # is one claim and the updates are private (see `run_load`).
+            clients=$(q 1000 200); rate=2000; duration=$(q 50 3); warmup=$(q 2 1)
+            PARAMS=("param_clients=$clients" "param_rate=$rate" "param_warmup_s=$warmup" "param_duration_s=$duration"
+                    "param_topics=$P_GROUPS")
+            run_load "$setup" P "$base" "$result" "$LOAD_WAIT" "$warmup" "$duration" -- \
+                --clients "$clients" --rate "$rate" --warmup "$warmup" --duration "$duration" \
+                --drain "$(q 5 2)" --size 128 --topics "$P_GROUPS" --threads 1 \
+                $([[ $setup == ringcastmercure* ]] || echo --publish-format ringcast-json)
             ;;
         S4)
             clients=$(q 1000 200); warmup=1; duration=$(q 5 2)

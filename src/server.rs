@@ -115,8 +115,19 @@ pub async fn run(
     ctx.monitored = monitor.is_some();
     let ctx = Arc::new(ctx);
     if ctx.security.auth.is_open() {
-        tracing::info!("no JWT key configured: anyone may subscribe and publish (see --jwt-secret)");
+        tracing::info!("no JWT key configured: anyone may subscribe and publish on /events (see --jwt-secret)");
     }
+    let mercure = &ctx.security.mercure;
+    tracing::info!(
+        publishers = if mercure.verifies_publishers() { "token required" } else { "open: anyone may publish" },
+        subscribers = match (mercure.verifies_subscribers(), mercure.config().anonymous) {
+            (false, _) => "all anonymous: public updates only",
+            (true, true) => "token optional (--mercure-anonymous)",
+            (true, false) => "token required",
+        },
+        subscriptions_api = ctx.config.mercure_subscriptions,
+        "Mercure endpoint at /.well-known/mercure"
+    );
     let anonymous_publish = ctx.security.auth.is_open() || ctx.security.auth.config().anonymous_publish;
     let fed = (ctx.hub.mode() == Mode::Fed).then(|| ctx.hub.clone());
     crate::producer::spawn(&ctx.local, "stats", move |local| {

@@ -23,6 +23,12 @@ pub enum PublishFormat {
     /// The data itself as the body (`text/plain`), one request per event, to a path template
     /// such as `/pub/{topic}` (nginx + nchan publishers take this).
     Raw,
+    /// A Mercure update (`application/x-www-form-urlencoded`: `topic`, `data`), one request
+    /// per event, to `--publish-path` (`/.well-known/mercure`).
+    Mercure,
+    /// A private Mercure update (`private=on`): only subscribers whose token's claims match
+    /// its topic get it.
+    MercurePrivate,
 }
 
 /// Options of a load run. `loadgen --help` documents each; every duration is in seconds.
@@ -135,6 +141,13 @@ pub struct Config {
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
 
+    /// A file of bearer tokens, one per line: the subscribers of topic `i` send line
+    /// `i mod lines` (instead of `--token`), to give groups of subscribers different rights
+    /// (e.g. Mercure claims for private updates). The publisher still sends `--token`.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub topic_tokens: Option<PathBuf>,
+
     /// Publish request path; `{topic}` is replaced by the topic name (for `raw`).
     #[arg(long, default_value = "/publish")]
     pub publish_path: String,
@@ -180,6 +193,8 @@ const MAX_SIZE: usize = 1 << 20;
 pub(crate) struct TopicPlan {
     /// The name as a JSON string literal (with quotes).
     pub(crate) json: String,
+    /// The name percent-encoded (a form field's value).
+    pub(crate) encoded: String,
     /// The complete `GET` request of a subscriber, shared by every client of the topic.
     pub(crate) subscribe_request: Vec<u8>,
     /// The publish path with `{topic}` replaced.
@@ -295,17 +310,38 @@ impl Plan {
             config.token.as_ref().is_none_or(|token| !token.chars().any(char::is_control)),
             "--token must be one line of printable characters"
         );
+        let topic_tokens: Vec<String> = match &config.topic_tokens {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read --topic-tokens {}", path.display()))?;
+                let tokens: Vec<String> =
+                    text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect();
+                ensure!(!tokens.is_empty(), "--topic-tokens {} holds no token", path.display());
+                ensure!(
+                    tokens.iter().all(|token| !token.chars().any(|c| c.is_control() || c == ' ')),
+                    "--topic-tokens {}: a token has a space or control character",
+                    path.display()
+                );
+                tokens
+            }
+        };
         let topics = (0..config.topics)
             .map(|i| {
                 let name = format!("{}{i}", config.topic_prefix);
                 let encoded = percent_encode(&name);
                 let path = format!("{}{}", url.path, config.subscribe_path.replace("{topic}", &encoded));
+                let auth_header = match topic_tokens.get(i % topic_tokens.len().max(1)) {
+                    Some(token) => format!("authorization: Bearer {token}\r\n"),
+                    None => auth_header.clone(),
+                };
                 let subscribe_request = format!(
                     "GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n{auth_header}\r\n"
                 )
                 .into_bytes();
                 TopicPlan {
                     json: serde_json::to_string(&name).expect("a string serializes"),
+                    encoded: encoded.clone(),
                     publish_path: format!("{}{}", url.path, config.publish_path.replace("{topic}", &encoded)),
                     subscribe_request,
                 }

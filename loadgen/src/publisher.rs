@@ -134,7 +134,9 @@ pub(crate) async fn run(
     let per_event = plan.size + 64 + plan.topics.iter().map(|t| t.json.len()).max().unwrap_or(0);
     let max_batch = match plan.publish_format {
         PublishFormat::RingcastNdjson => (MAX_BODY / per_event).max(1) as u64,
-        PublishFormat::RingcastJson | PublishFormat::Raw => 1024,
+        PublishFormat::RingcastJson | PublishFormat::Raw | PublishFormat::Mercure | PublishFormat::MercurePrivate => {
+            1024
+        }
     };
     let mut ticker = tokio::time::interval_at(start.into(), plan.batch_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -215,6 +217,21 @@ impl Publisher {
             let plan = &*self.plan;
             if format == PublishFormat::Raw {
                 encode_payload(&mut self.body, payload, plan.size);
+            } else if matches!(format, PublishFormat::Mercure | PublishFormat::MercurePrivate) {
+                self.body.extend_from_slice(b"topic=");
+                self.body.extend_from_slice(plan.topics[topic].encoded.as_bytes());
+                self.body.extend_from_slice(b"&data=");
+                let data = self.body.len();
+                encode_payload(&mut self.body, payload, plan.size);
+                // The payload is digits, spaces and `x`: a space is `+` in a form.
+                for byte in &mut self.body[data..] {
+                    if *byte == b' ' {
+                        *byte = b'+';
+                    }
+                }
+                if format == PublishFormat::MercurePrivate {
+                    self.body.extend_from_slice(b"&private=on");
+                }
             } else {
                 self.body.extend_from_slice(b"{\"topic\":");
                 self.body.extend_from_slice(plan.topics[topic].json.as_bytes());
@@ -228,6 +245,7 @@ impl Publisher {
             PublishFormat::RingcastNdjson => "application/x-ndjson",
             PublishFormat::RingcastJson => "application/json",
             PublishFormat::Raw => "text/plain",
+            PublishFormat::Mercure | PublishFormat::MercurePrivate => "application/x-www-form-urlencoded",
         };
         self.request.clear();
         let mut head = String::with_capacity(160);

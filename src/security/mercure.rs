@@ -206,6 +206,11 @@ impl MercureAuth {
         Ok(Self { publisher, subscriber, config })
     }
 
+    /// Whether publishers need a token (a publisher key is configured).
+    pub fn verifies_publishers(&self) -> bool {
+        self.publisher.is_some()
+    }
+
     /// Whether subscribers' tokens are verified (a subscriber key is configured).
     pub fn verifies_subscribers(&self) -> bool {
         self.subscriber.is_some()

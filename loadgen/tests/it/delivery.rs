@@ -123,3 +123,56 @@ async fn a_token_opens_a_server_with_authorization_on() {
     let refused = loadgen::run(Config { duration: 0.2, ..base }).await.expect("run");
     assert_eq!(refused.connect.connected, 0, "{}", refused.table());
 }
+
+/// The Mercure endpoint: subscribers of one URI-template selector in 3 groups, each group's
+/// token (`--topic-tokens`) allowing its own topic's private updates; the publisher posts
+/// private forms. Every client gets every update of its group and nothing of the others
+/// (a misrouted one would fail the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mercure_private_updates_reach_each_group_of_claims() {
+    use jsonwebtoken::{EncodingKey, Header};
+    let (publisher_key, subscriber_key) =
+        (b"loadgen-mercure-publisher".to_vec(), b"loadgen-mercure-subscriber".to_vec());
+    let mut config = ringcast::config::ServerConfig::default();
+    config.security.mercure.publisher_key = Some(ringcast::security::auth::JwtKey::Hs256(publisher_key.clone()));
+    config.security.mercure.subscriber_key = Some(ringcast::security::auth::JwtKey::Hs256(subscriber_key.clone()));
+    let server = crate::support::start_server_with(1024, config);
+    let sign = |key: &[u8], claims: serde_json::Value| {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).expect("token")
+    };
+    let dir = std::env::temp_dir().join(format!("loadgen-mercure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tokens = dir.join("tokens");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            sign(&subscriber_key, serde_json::json!({ "mercure": { "subscribe": [format!("https://lg.test/g/{i}")] } }))
+        })
+        .collect();
+    std::fs::write(&tokens, lines.join("\n")).expect("tokens");
+    let config = Config {
+        url: server.url(),
+        clients: 30,
+        topics: 3,
+        source_addrs: 2,
+        rate: 150.0,
+        warmup: 0.2,
+        duration: 1.0,
+        drain: 2.0,
+        no_progress: true,
+        topic_prefix: "https://lg.test/g/".into(),
+        // One selector for all (the `{topic}` parameter is ignored by the hub: it only keeps
+        // the loadgen's rule that each topic has its own request).
+        subscribe_path: "/.well-known/mercure?topic=https%3A%2F%2Flg.test%2Fg%2F%7Bi%7D&for={topic}".into(),
+        publish_path: "/.well-known/mercure".into(),
+        publish_format: loadgen::PublishFormat::MercurePrivate,
+        token: Some(sign(&publisher_key, serde_json::json!({ "mercure": { "publish": ["*"] } }))),
+        topic_tokens: Some(tokens),
+        ..Config::default()
+    };
+    let report = loadgen::run(config).await.expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(report.ok, "{}", report.table());
+    assert_eq!(report.connect.connected, 30);
+    assert!(report.normal.received >= 10 * 150, "{}", report.table());
+    assert_eq!((report.normal.gap_events, report.normal.misrouted, report.normal.duplicates), (0, 0, 0));
+}
