@@ -164,7 +164,7 @@ async fn mercure_private_updates_reach_each_group_of_claims() {
         // the loadgen's rule that each topic has its own request).
         subscribe_path: "/.well-known/mercure?topic=https%3A%2F%2Flg.test%2Fg%2F%7Bi%7D&for={topic}".into(),
         publish_path: "/.well-known/mercure".into(),
-        publish_format: loadgen::PublishFormat::MercurePrivate,
+        publish_format: PublishFormat::MercurePrivate,
         token: Some(sign(&publisher_key, serde_json::json!({ "mercure": { "publish": ["*"] } }))),
         topic_tokens: Some(tokens),
         ..Config::default()
