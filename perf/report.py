@@ -44,17 +44,18 @@ SCENARIOS = {
     "S4": "max: 1,000 clients, rate raised until not clean",
     "S5": "slow clients: S3 with 1% clients that never read",
     "L": "light: 1,000 clients x 20 ev/s",
-    "P": "private fan-out: 1,000 clients in 10 groups, 100,000 updates (2,000/s), one request each",
+    "P": "private fan-out: 1,000 clients in 10 groups, 100,000 updates (1,000/s), one request each",
 }
-SERVER_ORDER = ["ringcast", "ringcastmercure", "ringcastlog", "baseline", "nchan"]
+SERVER_ORDER = ["ringcast", "ringcastjson", "ringcastmercure", "ringcastlog", "baseline", "nchan"]
 SERVER_NAMES = {
     "ringcast": "ringcast",
     "ringcastlog": "ringcast with its durable log (--data-dir, --fsync interval)",
+    "ringcastjson": "ringcast on /events with one publish request per event (Mercure's publish shape)",
     "ringcastmercure": "ringcast through /.well-known/mercure (a URI-template selector, form publishes)",
     "baseline": "baseline (axum Sse + tokio broadcast)",
     "nchan": "nginx + nchan",
 }
-COLORS = {"ringcast": "#1f77b4", "ringcastmercure": "#ff7f0e", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
+COLORS = {"ringcast": "#1f77b4", "ringcastjson": "#17becf", "ringcastmercure": "#ff7f0e", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
 
 
 # ----------------------------------------------------------------------------- /proc reading

@@ -45,7 +45,9 @@ Options:
   --with-mercure    also run ringcast through the Mercure endpoint: subscribers use a URI
                     template selector, the publisher posts one form per update (setup
                     ringcastmercure-1c, in the same run as ringcast-1c on /events); in P the
-                    updates are private and each group of subscribers has its own claim
+                    updates are private and each group of subscribers has its own claim.
+                    Mercure has no batch publish, so ringcastjson-1c runs /events with the
+                    same publisher shape (one request per event, application/json)
   --quick           small client counts and a few seconds per scenario (smoke test)
   --out DIR         results directory (default: perf/results)
   --no-build        use the binaries already built
@@ -226,7 +228,7 @@ log "sysctl: $SYSCTL_NOTE"
 # ------------------------------------------------------------------ server setups
 
 SETUPS=(ringcast-1c)
-[[ $WITH_MERCURE == 1 ]] && SETUPS+=(ringcastmercure-1c)
+[[ $WITH_MERCURE == 1 ]] && SETUPS+=(ringcastjson-1c ringcastmercure-1c)
 [[ $WITH_LOG == 1 ]] && SETUPS+=(ringcastlog-1c)
 [[ $COMPARE == 1 ]] && SETUPS+=(baseline-1c)
 [[ -n $NCHAN_MODULE ]] && SETUPS+=(nchan-1c)
@@ -300,7 +302,7 @@ start_server() {
     pick_port
     local cmd
     case $server in
-        ringcast)
+        ringcast|ringcastjson)
             # Per-IP limits are lifted: one load generator on 16 source addresses is not a
             # population of clients, and 10,000 connections from it would trip them.
             cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
@@ -378,6 +380,7 @@ run_load() {
         extra=(--subscribe-path '/sub/{topic}' --publish-path '/pub/{topic}' --publish-format raw
                --topic-prefix "r${RUN//[^0-9]/}-$scen-")
     fi
+    [[ $server == ringcastjson && $scen != P ]] && extra=(--publish-format ringcast-json)
     if [[ $server == ringcastmercure ]]; then
         # Every subscriber uses one URI-template selector (the hub ignores `for`, which only
         # keeps the loadgen's one request per topic) and a token (`--topic-tokens`: the
@@ -523,9 +526,11 @@ run_scenario() { # SETUP SCENARIO
             ;;
         P)
             # Private fan-out: 1,000 subscribers in 10 groups (topics), 100,000 updates in
-            # all (2,000/s for 50 s), one request per update; with --with-mercure each group
-            # is one claim and the updates are private (see `run_load`).
-            clients=$(q 1000 200); rate=2000; duration=$(q 50 3); warmup=$(q 2 1)
+            # all (1,000/s for 100 s, which leaves the core room), one request per update;
+            # with --with-mercure each group is one claim and the updates are private (see
+            # `run_load`). ringcastjson would repeat ringcast (P publishes JSON already).
+            [[ $setup == ringcastjson* ]] && return
+            clients=$(q 1000 200); rate=1000; duration=$(q 100 3); warmup=$(q 2 1)
             PARAMS=("param_clients=$clients" "param_rate=$rate" "param_warmup_s=$warmup" "param_duration_s=$duration"
                     "param_topics=$P_GROUPS")
             run_load "$setup" P "$base" "$result" "$LOAD_WAIT" "$warmup" "$duration" -- \

@@ -205,7 +205,7 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Topics that exist.
     pub topics: Gauge,
-    /// Audiences of routed (Mercure) subscriptions, as of the last sweep.
+    /// Audiences of routed (Mercure) subscriptions (set when `/metrics` is read, and at sweeps).
     pub audiences: Gauge,
     /// Events published.
     pub events_published: Counter,
@@ -266,7 +266,7 @@ impl Metrics {
         registry.register("topics", "Topics that exist", self.topics.clone());
         registry.register(
             "mercure_audiences",
-            "Distinct Mercure subscriptions (selector and claim sets), each with a ring, as of the last sweep",
+            "Distinct Mercure subscriptions (selector and claim sets), each with a ring",
             self.audiences.clone(),
         );
         registry.register("events_published", "Events published", self.events_published.clone());

@@ -84,6 +84,8 @@ fn metrics(ctx: &Ctx) -> Reply {
     let frames: u64 = topics.iter().map(crate::hub::TopicStats::held).sum();
     let fill = topics.iter().map(|t| t.held() * 1000 / t.capacity.max(1) as u64).max().unwrap_or(0);
     ctx.metrics.ring_frames.set(i64::try_from(frames).unwrap_or(i64::MAX));
+    let (audiences, _) = ctx.hub.routed_counts();
+    ctx.metrics.audiences.set(i64::try_from(audiences).unwrap_or(i64::MAX));
     ctx.metrics.ring_fill_max.set(i64::try_from(fill).unwrap_or(i64::MAX));
     complete(
         StatusCode::OK,
@@ -155,9 +157,21 @@ fn health(ctx: &Ctx) -> Reply {
             "last_event_id": ctx.hub.last_event_id().to_string(),
             "streams": ctx.metrics.streams.get(),
             "topics": ctx.hub.topic_count(),
+            "mercure": mercure_health(ctx),
             "log": log,
         }),
     )
+}
+
+/// `/health`'s `mercure` object: audiences, updates held, the newest id, live subscribers.
+fn mercure_health(ctx: &Ctx) -> serde_json::Value {
+    let (audiences, held) = ctx.hub.routed_counts();
+    serde_json::json!({
+        "audiences": audiences,
+        "updates_held": held,
+        "last_event_id": ctx.hub.newest_routed_id(),
+        "subscribers": ctx.config.mercure_subscriptions.then(|| ctx.subscriptions.len()),
+    })
 }
 
 /// The header of a publish answer that says what happened to the events when it was not

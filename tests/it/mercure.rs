@@ -295,7 +295,18 @@ async fn selectors_exact_templates_all_and_alternate_topics() {
         template.next_is("alt").await;
         exact.next_is("alt").await;
         all.next_is("review").await;
-        all.next_is("alt").await;
+        let alt = all.event().await;
+        assert_eq!(alt.data, "alt");
+        // `/health` counts the three distinct subscriptions, the updates held (three published,
+        // three subscription-start events: the options turn active subscriptions on) and names
+        // the newest update.
+        let (status, _, body) = support::request(env.subscribe, "GET", "/health", &[], b"").await;
+        assert_eq!(status, 200, "{body}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["mercure"]["audiences"], 3, "{body}");
+        assert_eq!(health["mercure"]["updates_held"], 6, "{body}");
+        assert_eq!(health["mercure"]["last_event_id"], alt.last_event_id, "{body}");
+        assert_eq!(health["mercure"]["subscribers"], 3, "{body}");
     })
     .await;
 }
