@@ -163,7 +163,30 @@ struct VarSpec<'a> {
 }
 
 /// Compiles a template into the anchored regular expression of its expansions.
+/// Templates compiled lately, by text, at most this many: every subscriber of a popular
+/// selector would otherwise compile the same pattern again, at connect.
+const COMPILED_MAX: usize = 1024;
+
+/// The compiled form of the template `text`, from the cache of recent templates when it is
+/// there (a `Regex` clone shares the compiled program).
 fn compile(text: &str) -> Result<Regex, SelectorError> {
+    static COMPILED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let cache = || COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(regex) = cache().get(text) {
+        return Ok(regex.clone());
+    }
+    // Compiled outside the lock: a slow template does not hold up other subscribers.
+    let regex = compile_uncached(text)?;
+    let mut cache = cache();
+    if cache.len() >= COMPILED_MAX {
+        cache.clear();
+    }
+    cache.insert(text.to_owned(), regex.clone());
+    Ok(regex)
+}
+
+fn compile_uncached(text: &str) -> Result<Regex, SelectorError> {
     let fail = |reason: String| SelectorError::Template { text: text.to_owned(), reason };
     let mut pattern = String::with_capacity(text.len() * 4);
     pattern.push('^');
@@ -413,5 +436,21 @@ mod tests {
                 other => panic!("`{text}` should be refused, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn templates_from_the_cache_match_as_freshly_compiled_ones() {
+        // More distinct templates than the cache keeps, then the first again: each answers
+        // for its own pattern, whether it came from the cache or was compiled again.
+        for i in 0..super::COMPILED_MAX + 10 {
+            let template = format!("https://example.com/{i}/{{id}}");
+            let selector = Selector::parse(&template).expect("a valid template");
+            assert!(selector.matches(&format!("https://example.com/{i}/7")));
+            assert!(!selector.matches(&format!("https://example.com/{}/7", i + 1)));
+        }
+        let again = Selector::parse("https://example.com/0/{id}").expect("a valid template");
+        assert!(again.matches("https://example.com/0/x") && !again.matches("https://example.com/1/x"));
+        assert!(Selector::parse("https://example.com/{id").is_err(), "an error is not cached as a pattern");
+        assert!(Selector::parse("https://example.com/{id").is_err());
     }
 }
