@@ -36,6 +36,12 @@ use crate::ring::Entry;
 /// 1024 slices on Linux, and one slot is kept for the bytes before the batch.
 pub(crate) const BUDGET: Budget = Budget { frames: 511, bytes: 32 << 10 };
 
+/// Most frame pointers an idle stream's batch vector keeps room for past a tick (128 bytes):
+/// a vector grown by catching up (up to [`BUDGET`]'s 511 frames, 4 KiB) is freed on the next
+/// idle tick, so 10,000 streams do not keep what one burst made them take. A stream that
+/// takes more than this per batch all the time reallocates once per tick, not per event.
+const IDLE_BATCH_CAPACITY: usize = 16;
+
 /// The bytes a stream offers its transport: what is left of the opening or heartbeat, then
 /// what is left of the batch.
 #[derive(Debug)]
@@ -325,7 +331,7 @@ impl<T: Transport> Stream<T> {
                     self.extra = Some(self.ctx.heartbeat.clone());
                     self.stats.heartbeats += 1;
                 }
-                if self.batch.capacity() > 64 {
+                if self.batch.capacity() > IDLE_BATCH_CAPACITY {
                     self.batch = Vec::new(); // an idle stream keeps no batch memory
                 }
                 None
