@@ -269,7 +269,7 @@ mod tests {
     /// the socket's registration and the cursors' wait nodes come on top of the future).
     /// Rare paths (error responses, the request-head phase, TLS, HTTP/2, hyper) are boxed so
     /// they do not enlarge it; a change that puts a buffer or a TLS session into the future
-    /// fails here. Measured on `server::serve`, the future each accepted connection's task runs.
+    /// fails here. Measured on `server::serve_http`, the future a plain connection's task runs.
     #[tokio::test]
     async fn a_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -277,9 +277,34 @@ mod tests {
         let (tcp, _) = listener.accept().await.unwrap();
         let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default())).unwrap();
         let ctx = Arc::new(Ctx::new(hub, ServerConfig::default()).unwrap());
-        let future = crate::server::serve(tcp, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
+        let future = crate::server::serve_http(tcp, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
         let size = size_of_val(&future);
         assert!(size <= 1024, "the per-connection future grew to {size} bytes");
+    }
+
+    /// The same for a TLS connection: the handshake, the HTTP/2 connection and the TLS
+    /// session are boxed apart (`server::serve_tls`), so the future that stays for the
+    /// connection's life holds none of them (it was 5,472 bytes with the session inline).
+    #[tokio::test]
+    async fn a_tls_connection_future_stays_small() {
+        use tokio_rustls::rustls;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::default())).unwrap();
+        let ctx = Arc::new(Ctx::new(hub, ServerConfig::default()).unwrap());
+        let future = crate::server::serve_tls(tcp, acceptor, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
+        let size = size_of_val(&future);
+        assert!(size <= 1024, "the TLS connection's future grew to {size} bytes");
     }
 
     #[test]
