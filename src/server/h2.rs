@@ -88,31 +88,50 @@ where
     }
 }
 
-/// One request of the connection, to its end.
+/// One request of the connection, to its end. The request's task lives as long as its
+/// stream, at the size of its largest state, so everything before streaming (the request,
+/// the routes, opening the stream with a possible wait on the cluster log) runs in a boxed
+/// future freed before the stream starts: the task then holds the stream's box alone.
 async fn handle(
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     ip: IpAddr,
     ctx: Arc<Ctx>,
     _in_flight: InFlight,
 ) {
-    if let Some(refusal) = check_head(request.method(), request.uri(), request.headers(), &ctx) {
-        return send_reply(&mut respond, refusal.reply(None));
+    if let Some(stream) = Box::pin(set_up(request, respond, ip, &ctx)).await {
+        stream.await;
+    }
+}
+
+/// Answers a request that is not a stream, or a refused one; opens a stream and returns it.
+async fn set_up(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    ip: IpAddr,
+    ctx: &Arc<Ctx>,
+) -> Option<Box<Stream<H2Transport>>> {
+    if let Some(refusal) = check_head(request.method(), request.uri(), request.headers(), ctx) {
+        send_reply(&mut respond, refusal.reply(None));
+        return None;
     }
     if !is_stream(request.method(), request.uri().path()) {
-        let reply = route(&ctx, Routes::Main, ip, request.map(RequestBody)).await;
-        return send_reply(&mut respond, reply);
+        let reply = route(ctx, Routes::Main, ip, request.map(RequestBody)).await;
+        send_reply(&mut respond, reply);
+        return None;
     }
     let path = request.uri().path_and_query().map_or("/events", http::uri::PathAndQuery::as_str);
-    let mut opened = match open_stream(&ctx, path, RequestHeaders::of(request.headers())).await {
+    let mut opened = match open_stream(ctx, path, RequestHeaders::of(request.headers())).await {
         Ok(opened) => opened,
-        Err(reply) => return send_reply(&mut respond, reply),
+        Err(reply) => {
+            send_reply(&mut respond, reply);
+            return None;
+        }
     };
     let mut head = Response::new(());
     *head.headers_mut() = std::mem::take(&mut opened.head);
-    let Ok(send) = respond.send_response(head, false) else { return };
-    let stream = Stream::new(&ctx, opened, &[], H2Transport { send });
-    stream.await;
+    let send = respond.send_response(head, false).ok()?;
+    Some(Box::new(Stream::new(ctx, opened, &[], H2Transport { send })))
 }
 
 /// Sends a complete reply (h2 buffers it: a reply is small and bounded).
