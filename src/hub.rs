@@ -572,26 +572,25 @@ impl Hub {
     /// Validates a routed event's topics (or a routed subscription's selectors): count, and
     /// each one non-empty, at most `max_selector_len` bytes, without control characters.
     pub fn check_routed_topics(&self, topics: &[&str]) -> Result<(), TopicError> {
-        let config = &self.inner.config;
-        if topics.is_empty() {
-            return Err(TopicError::Missing);
-        }
-        if topics.len() > config.max_topics_per_request {
-            return Err(TopicError::TooMany { count: topics.len(), max: config.max_topics_per_request });
-        }
-        topics.iter().try_for_each(|topic| check_topic_name(topic, config.max_selector_len))
+        self.check_names(topics, self.inner.config.max_selector_len)
     }
 
     /// Validates a topic list: count and each name.
     pub fn check_topics(&self, names: &[&str]) -> Result<(), TopicError> {
-        let config = &self.inner.config;
+        self.check_names(names, self.inner.config.max_topic_len)
+    }
+
+    /// The one rule of both lists: one to `max_topics_per_request` names, each valid and at
+    /// most `max_len` bytes.
+    fn check_names(&self, names: &[&str], max_len: usize) -> Result<(), TopicError> {
+        let max = self.inner.config.max_topics_per_request;
         if names.is_empty() {
             return Err(TopicError::Missing);
         }
-        if names.len() > config.max_topics_per_request {
-            return Err(TopicError::TooMany { count: names.len(), max: config.max_topics_per_request });
+        if names.len() > max {
+            return Err(TopicError::TooMany { count: names.len(), max });
         }
-        names.iter().try_for_each(|name| check_topic_name(name, config.max_topic_len))
+        names.iter().try_for_each(|name| check_topic_name(name, max_len))
     }
 
     /// Subscribes to `names`, resuming after `last_event_id` if given (see `resume`).
