@@ -2,9 +2,12 @@
 //! connection, and graceful shutdown.
 //!
 //! - `ctx`: what every connection shares. `request`: what every path shares about requests
-//!   and responses (the header rule, limits, refusals, CORS, opening a stream).
+//!   and responses (the header rule, limits, refusals, CORS, what an opened stream carries).
+//! - `open`: opening a stream (`/events` there, Mercure's in `mercure`), for every transport.
 //! - `stream`: the one stream engine; `conn` (HTTP/1.1 front door and fast path), `h2`
-//!   (HTTP/2) and `http` (hyper) are its transports. `routes`: every route but the stream.
+//!   (HTTP/2) and `http` (hyper) are its transports. `routes`: every route but the stream;
+//!   `publish`: publishing, shared by `/publish` and Mercure's publish; `mercure`: the
+//!   Mercure endpoint (subscribe, publish, active subscriptions).
 //! - `idempotency`: the `Idempotency-Key` of publishes (a standalone server's table).
 //! - `watch`: the clock-driven watch over connections that serve several requests; `io`: the
 //!   replayed, watched connection bytes.
@@ -25,6 +28,8 @@ pub mod http;
 mod idempotency;
 mod io;
 mod mercure;
+mod open;
+mod publish;
 mod request;
 mod routes;
 mod stream;

@@ -23,7 +23,8 @@ use http::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::ctx::Ctx;
-use super::request::{MAX_HEADERS, Refusal, Reply, RequestHeaders, head_too_large, open_stream};
+use super::open::open_stream;
+use super::request::{MAX_HEADERS, Refusal, Reply, RequestHeaders, head_too_large};
 use super::stream::{BUDGET, Pending, Stream, Transport};
 use crate::metrics::{DisconnectReason, Rejection};
 

@@ -24,7 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 use super::ctx::Ctx;
-use super::request::{MAX_HEADERS, Reply, RequestHeaders, check_head, is_stream, open_stream};
+use super::open::open_stream;
+use super::request::{MAX_HEADERS, Reply, RequestHeaders, check_head, is_stream};
 use super::routes::{Routes, route};
 use super::stream::{BUDGET, Pending, Stream, Transport};
 use super::watch::{ConnState, InFlight, Verdict, watch};

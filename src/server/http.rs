@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ctx::Ctx;
 use super::io::Replay;
-use super::request::{MAX_HEADERS, Reply, RequestHeaders, is_stream, open_stream};
+use super::open::open_stream;
+use super::request::{MAX_HEADERS, Reply, RequestHeaders, is_stream};
 use super::routes::{Routes, route};
 use super::stream::{Pending, Stream, Transport};
 use super::watch::{ConnState, InFlight, Verdict, watch};

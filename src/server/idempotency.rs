@@ -10,9 +10,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
-
-use super::request::Refusal;
 use crate::hub::EventId;
 
 /// The request header.
@@ -23,25 +20,24 @@ const MAX_KEY_LEN: usize = 200;
 const MAX_KEYS: usize = 100_000;
 
 /// The key of a request, if it has one; `Err` for a malformed one (400).
-pub(crate) fn key_of(headers: &http::HeaderMap) -> Result<Option<String>, Refusal> {
+pub(crate) fn key_of(headers: &http::HeaderMap) -> Result<Option<String>, MalformedKey> {
     let mut values = headers.get_all(HEADER).iter();
     let Some(value) = values.next() else { return Ok(None) };
-    let malformed = || {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters, given once"),
-        )
-    };
     let bytes = value.as_bytes();
     if values.next().is_some()
         || bytes.is_empty()
         || bytes.len() > MAX_KEY_LEN
         || !bytes.iter().all(u8::is_ascii_graphic)
     {
-        return Err(malformed());
+        return Err(MalformedKey);
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
+
+/// An `Idempotency-Key` header that is not one (a `400`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters, given once")]
+pub(crate) struct MalformedKey;
 
 /// What a key was used for: its batch's digest, and its ids once published.
 #[derive(Debug, Clone)]

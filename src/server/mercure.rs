@@ -15,8 +15,8 @@ use http::{Request, StatusCode};
 use http_body::Body;
 
 use super::ctx::Ctx;
+use super::publish::{mark_outcome, publish_events, read_body};
 use super::request::{Opened, Refusal, Reply, RequestHeaders, complete, stream_head, text};
-use super::routes::{mark_outcome, publish_events, read_body};
 use crate::cluster::Published;
 use crate::hub::{EARLIEST, Mode, SelectedError, Selector};
 use crate::mercure::query::parse_subscribe_query;
@@ -99,7 +99,10 @@ pub(crate) async fn open(ctx: &Arc<Ctx>, path_and_query: &str, headers: RequestH
         head.insert(HeaderName::from_static("last-event-id"), id.clone());
         head.insert(HeaderName::from_static(MERCURE_LAST_EVENT_ID), id);
     }
-    let active = ctx.config.mercure_subscriptions.then(|| Box::new(Active::start(ctx, &query.selectors, &subscriber)));
+    let active = ctx
+        .config
+        .mercure_subscriptions
+        .then(|| Box::new(Active::start(ctx, &query.selectors, &subscriber)) as super::request::Guard);
     tracing::debug!(selectors = query.selectors.len(), start = ?sub.start(), "mercure stream opened");
     Ok(Opened { sub, backlog: Vec::new(), head, active })
 }
@@ -194,8 +197,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let headers = RequestHeaders::of(request.headers());
-    let idempotency_key = super::idempotency::key_of(request.headers()).inspect_err(|_| {
+    let idempotency_key = super::idempotency::key_of(request.headers()).map_err(|error| {
         ctx.metrics.reject(Rejection::BadRequest);
+        Refusal::new(StatusCode::BAD_REQUEST, error.to_string())
     })?;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();

@@ -163,7 +163,7 @@ pub(crate) struct Stream<T: Transport> {
     ended: bool,
     /// A Mercure active subscription, kept (and announced as ended when dropped) as long as
     /// the stream lives.
-    _active: Option<Box<super::mercure::Active>>,
+    _active: Option<super::request::Guard>,
 }
 
 impl<T: Transport> Stream<T> {
