@@ -348,8 +348,7 @@ impl Hub {
                     staged.push(Staged { key, targets: at..at, frame, update: Some(update) });
                     *sequencer = key;
                 } else {
-                    self.write_routed(key, &frame, &update, clock);
-                    *sequencer = key;
+                    self.commit_routed(&mut sequencer, key, &frame, &update, clock);
                 }
                 ids.push(id);
                 continue;
@@ -389,16 +388,6 @@ impl Hub {
         Ok((ids, Some(outcome)))
     }
 
-    /// Makes `key` used: later events get larger keys (a durable log's last key at start).
-    pub(crate) fn advance_to(&self, key: u64) {
-        let mut sequencer = self.sequencer();
-        if key > *sequencer {
-            *sequencer = key;
-            // Release: as in `write_rings` (no frames come with it).
-            self.inner.published.store(key, Release);
-        }
-    }
-
     /// Restores an event from the durable log at start, in key order: into the rings of its
     /// topics (created as needed), and as the last key. An event of a topic the registry
     /// cannot take (`max_topics`) is left to the log (a resume across it is served from
@@ -417,8 +406,7 @@ impl Hub {
             }
             let mut sequencer = self.sequencer();
             *sequencer = (*sequencer).max(key);
-            // Release: as in `write_rings`.
-            self.inner.published.store(*sequencer, Release);
+            self.mark_published(*sequencer);
             false
         };
         if restored {
@@ -449,6 +437,11 @@ impl Hub {
         for topic in targets {
             topic.append(key, bytes, clock);
         }
+        self.mark_published(key);
+    }
+
+    /// Makes `key` the last published key, once its frames are in their rings.
+    fn mark_published(&self, key: u64) {
         // Release: pairs with the Acquire load in `published`: a reader that sees `key` sees
         // every frame of every event up to it in its rings.
         self.inner.published.store(key, Release);
@@ -506,8 +499,7 @@ impl Hub {
                 if *key <= *sequencer {
                     continue;
                 }
-                self.write_routed(*key, &bytes, &update, clock);
-                *sequencer = *key;
+                self.commit_routed(&mut sequencer, *key, &bytes, &update, clock);
                 written += 1;
                 continue;
             }
@@ -546,14 +538,14 @@ impl Hub {
         Event { id: Some(id), ..entry.as_event() }.encode().ok()
     }
 
-    /// Starts a fed hub at `key` (the log's position when this node joined): events at or
-    /// before it are only in the log, not in the rings.
+    /// Makes `key` used, so later events get larger keys: a fed hub starts at the cluster
+    /// log's position when this node joined (events at or before it are only in the log),
+    /// a hub with a durable log at the log's last key.
     pub fn start_at(&self, key: u64) {
         let mut sequencer = self.sequencer();
         if key > *sequencer {
             *sequencer = key;
-            // Release: as in `commit` (no frames to publish with it).
-            self.inner.published.store(key, Release);
+            self.mark_published(key); // no frames come with it
         }
     }
 

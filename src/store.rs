@@ -319,7 +319,7 @@ impl Opening {
             }
             break;
         }
-        hub.advance_to(meta.last_key);
+        hub.start_at(meta.last_key);
         tracing::info!(
             dir = %dir.display(),
             segments = segments.len(),

@@ -8,6 +8,8 @@
 //! history does not hold starts from now after a `reset` event whose id is the newest routed
 //! event's (or `earliest` when there is none), so a reconnect from it resumes.
 
+use std::sync::MutexGuard;
+
 use bytes::Bytes;
 
 use super::audience::{AudienceError, Joined, StartAt, Update};
@@ -111,8 +113,22 @@ impl Hub {
     /// published key. Called like `write_rings`: in key order, one caller at a time.
     pub(super) fn write_routed(&self, key: u64, bytes: &Bytes, update: &Arc<Update>, clock: u64) {
         self.inner.audiences.route(key, update, bytes, clock);
-        // Release: as in `write_rings`.
-        self.inner.published.store(key, std::sync::atomic::Ordering::Release);
+        self.mark_published(key);
+    }
+
+    /// `write_routed` under the sequencer lock, making `key` the sequencer's last key (the
+    /// routed twin of `commit`).
+    pub(super) fn commit_routed(
+        &self,
+        sequencer: &mut MutexGuard<'_, u64>,
+        key: u64,
+        bytes: &Bytes,
+        update: &Arc<Update>,
+        clock: u64,
+    ) {
+        debug_assert!(key > **sequencer, "order keys increase");
+        self.write_routed(key, bytes, update, clock);
+        **sequencer = key;
     }
 
     /// Restores a routed event from the durable log at start, in key order (see
@@ -129,8 +145,7 @@ impl Hub {
         if key <= *sequencer {
             return false;
         }
-        self.write_routed(key, frame, &update, self.clock_tick());
-        *sequencer = key;
+        self.commit_routed(&mut sequencer, key, frame, &update, self.clock_tick());
         drop(sequencer);
         self.inner.metrics.events_published.inc();
         true
