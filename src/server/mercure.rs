@@ -15,7 +15,7 @@ use http::{Request, StatusCode};
 use http_body::Body;
 
 use super::ctx::Ctx;
-use super::publish::{mark_outcome, publish_events, read_body};
+use super::publish::{mark_outcome, publish_events, read_body, take_publish_budget};
 use super::request::{Opened, Refusal, Reply, RequestHeaders, complete, stream_head, text};
 use crate::cluster::Published;
 use crate::hub::{EARLIEST, Mode, SelectedError, Selector};
@@ -210,9 +210,7 @@ where
             format!("unsupported content type {content_type:?}: Mercure updates are application/x-www-form-urlencoded"),
         ));
     }
-    let query_token = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "authorization").map(|(_, v)| v.into_owned())
-    });
+    let query_token = crate::wire::query::param(request.uri().query(), "authorization");
     let body = read_body(ctx, request).await?;
     let event = parse_update(&body, idempotency_key.as_deref()).map_err(|error| bad_request(ctx, error.to_string()))?;
     let auth = &ctx.security.mercure;
@@ -221,11 +219,7 @@ where
         .map_err(|error| Refusal::from_auth(&error, &ctx.metrics))?;
     let topics: Vec<&str> = event.topics.iter().map(String::as_str).collect();
     let publisher = auth.publisher(token, &topics).map_err(|error| denied(&error, ctx))?;
-    let key = publisher.subject.map_or_else(|| format!("ip:{ip}"), |subject| format!("sub:{subject}"));
-    if let Err(limited) = ctx.security.publish_limits.take(&key, 1) {
-        ctx.metrics.reject(Rejection::PublishRate);
-        return Err(Refusal::limited(&limited));
-    }
+    take_publish_budget(ctx, publisher.subject.as_deref(), ip, 1)?;
     let id = event.routed.as_ref().map(|routed| routed.id.clone()).unwrap_or_default();
     let Published { .. } = publish_events(ctx, std::slice::from_ref(&event), idempotency_key.as_deref()).await?;
     Ok(id)
@@ -247,9 +241,7 @@ pub(crate) fn subscriptions<B>(ctx: &Ctx, request: &Request<B>) -> Reply {
         None => return text(StatusCode::NOT_FOUND, "not found"),
     };
     let headers = RequestHeaders::of(request.headers());
-    let query_token = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "authorization").map(|(_, v)| v.into_owned())
-    });
+    let query_token = crate::wire::query::param(request.uri().query(), "authorization");
     let auth = &ctx.security.mercure;
     if auth.verifies_subscribers() {
         let token =

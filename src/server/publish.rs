@@ -52,11 +52,7 @@ where
             return error_json(StatusCode::BAD_REQUEST, &error.to_string());
         }
     };
-    let access_token = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "access_token")
-            .map(|(_, value)| value.into_owned())
-    });
+    let access_token = crate::wire::query::param(request.uri().query(), "access_token");
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = match Format::from_content_type(content_type) {
         Ok(format) => format,
@@ -93,10 +89,8 @@ where
         Ok(grant) => grant,
         Err(error) => return refusal_json(Refusal::from_auth(&error, &ctx.metrics)),
     };
-    let key = grant.subject.map_or_else(|| format!("ip:{ip}"), |subject| format!("sub:{subject}"));
-    if let Err(limited) = ctx.security.publish_limits.take(&key, events.len()) {
-        ctx.metrics.reject(Rejection::PublishRate);
-        return refusal_json(Refusal::limited(&limited));
+    if let Err(refusal) = take_publish_budget(ctx, grant.subject.as_deref(), ip, events.len()) {
+        return refusal_json(refusal);
     }
     match publish_events(ctx, &events, idempotency_key.as_deref()).await {
         Ok(Published { ids, replayed }) => {
@@ -109,6 +103,16 @@ where
         }
         Err(refusal) => refusal_json(refusal),
     }
+}
+
+/// Takes `events` from the publish rate budget of the token's subject (or of the client's
+/// address, for a publish without one); `Err` is the `429` to answer.
+pub(crate) fn take_publish_budget(ctx: &Ctx, subject: Option<&str>, ip: IpAddr, events: usize) -> Result<(), Refusal> {
+    let key = subject.map_or_else(|| format!("ip:{ip}"), |subject| format!("sub:{subject}"));
+    ctx.security.publish_limits.take(&key, events).map_err(|limited| {
+        ctx.metrics.reject(Rejection::PublishRate);
+        Refusal::limited(&limited)
+    })
 }
 
 /// Reads a publish request's body within the size limit (413) and the body timeout (408).

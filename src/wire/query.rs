@@ -11,6 +11,12 @@ pub struct EventsQuery {
     pub access_token: Option<String>,
 }
 
+/// The first value of the query parameter `name` (percent-decoded), if `query` has it: a
+/// token passed in the query of a publish or a Mercure request.
+pub fn param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
 /// Parses the query of `GET /events` (percent-decoding, `+` as space; unknown keys ignored;
 /// a repeated `lastEventId` or `access_token` keeps its first value, as headers do).
 pub fn parse_events_query(path_and_query: &str) -> EventsQuery {
