@@ -19,20 +19,22 @@
 //! held the connection (`open`). Its stale events are counted but never timed.
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 use crate::config::Plan;
-use crate::http::{MAX_HEAD, ResponseHead, parse_head};
+use crate::http::{MAX_HEAD, parse_head};
 use crate::sse::{Frame, Signal, StreamReader, decode_payload};
 use crate::stats::{SeqTracker, Shard, Shared};
+use crate::transport::{self, Body, Io, SocketOptions, TlsFailure};
 
 thread_local! {
     /// The read buffer of every client on this thread (see the module docs).
@@ -72,11 +74,18 @@ pub(crate) enum ConnectFailure {
     ClosedEarly,
     /// The response head was not valid HTTP/1.x.
     BadResponse,
+    /// The TLS handshake failed, for this reason.
+    Tls(String),
+    /// `--http2` over TLS, but the server did not choose `h2` in ALPN.
+    NoHttp2,
     Io(io::ErrorKind),
 }
 
 impl ConnectFailure {
     fn from_io(error: &io::Error) -> Self {
+        if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<TlsFailure>()) {
+            return Self::Tls(tls.0.clone());
+        }
         match (error.raw_os_error(), error.kind()) {
             (Some(24 | 23), _) => Self::TooManyOpenFiles,
             (_, io::ErrorKind::ConnectionRefused) => Self::Refused,
@@ -105,6 +114,10 @@ impl std::fmt::Display for ConnectFailure {
             }
             Self::ClosedEarly => f.write_str("closed before a complete response head"),
             Self::BadResponse => f.write_str("malformed response head"),
+            Self::Tls(reason) => {
+                write!(f, "TLS handshake failed: {reason} (a self-signed server needs --ca-cert FILE or --insecure)")
+            }
+            Self::NoHttp2 => f.write_str("the server did not choose HTTP/2 in ALPN (drop --http2?)"),
             Self::Io(kind) => write!(f, "I/O error: {kind}"),
         }
     }
@@ -220,14 +233,24 @@ impl Outcome {
 }
 
 /// Runs one client to the end of the run.
-pub(crate) async fn run(spec: Spec, plan: Arc<Plan>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Outcome {
+pub(crate) async fn run(
+    spec: Spec,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    pool: Arc<H2Pool>,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome {
     tokio::time::sleep_until(spec.start_at.into()).await;
     let mut outcome = Outcome::new(&spec);
     let permit = shared.connect_permits.acquire().await;
     let started = Instant::now();
-    let attempt = tokio::time::timeout(plan.connect_timeout, connect(&spec, &plan)).await;
+    let attempt = if plan.http2 {
+        tokio::time::timeout(plan.connect_timeout, open_h2_stream(&spec, &plan, &pool)).await
+    } else {
+        tokio::time::timeout(plan.connect_timeout, connect(&spec, &plan)).await
+    };
     drop(permit);
-    let (stream, head, leftover) = match attempt {
+    let (body, chunked, leftover) = match attempt {
         Ok(Ok(connected)) => connected,
         Ok(Err(failure)) => {
             outcome.connect = Err(failure);
@@ -253,10 +276,8 @@ pub(crate) async fn run(spec: Spec, plan: Arc<Plan>, shared: Arc<Shared>, mut st
     shared.last_connected_ns.fetch_max(shared.now_ns(), Relaxed);
     shared.attempts_done.fetch_add(1, Relaxed);
 
-    let mut conn = Conn {
-        stream,
-        reader: Reader { stream: StreamReader::new(head.chunked), index: spec.index, timed: !spec.slow },
-    };
+    let mut conn =
+        Conn { body, reader: Reader { stream: StreamReader::new(chunked), index: spec.index, timed: !spec.slow } };
     let end = match conn.reader.feed(&leftover, &mut outcome, &shared) {
         Err(error) => outcome.read_error(&error),
         Ok(()) if spec.slow => {
@@ -272,22 +293,16 @@ pub(crate) async fn run(spec: Spec, plan: Arc<Plan>, shared: Arc<Shared>, mut st
     outcome
 }
 
-/// Opens the connection and reads the response head; returns the stream, the head and the
-/// body bytes read with it.
-async fn connect(spec: &Spec, plan: &Plan) -> Result<(TcpStream, ResponseHead, Vec<u8>), ConnectFailure> {
-    use socket2::{Domain, Protocol, Socket, Type};
+/// Opens the connection (TCP, and TLS over `https://`) and reads the HTTP/1.1 response head;
+/// returns the body, whether it is chunked, and the body bytes read with the head.
+async fn connect(spec: &Spec, plan: &Plan) -> Result<(Body, bool, Vec<u8>), ConnectFailure> {
     let io = |error: io::Error| ConnectFailure::from_io(&error);
-    let socket = Socket::new(Domain::for_address(plan.server), Type::STREAM, Some(Protocol::TCP)).map_err(io)?;
-    socket.set_nonblocking(true).map_err(io)?;
-    if let Some(source) = spec.source {
-        socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into()).map_err(io)?;
-    }
-    if let (true, Some(size)) = (spec.slow, plan.slow_recv_buffer) {
-        socket.set_recv_buffer_size(size).map_err(io)?;
-    }
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    let mut stream = socket.connect(plan.server).await.map_err(io)?;
+    let options =
+        SocketOptions { source: spec.source, recv_buffer: plan.slow_recv_buffer.filter(|_| spec.slow), nodelay: false };
+    let tls = plan.tls.as_ref().map(|tls| (&tls.streams, &tls.name));
+    let mut stream = transport::connect(plan.server, options, tls).await.map_err(io)?;
     stream.write_all(&plan.topics[spec.topic].subscribe_request).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut buf = Vec::with_capacity(2048);
     loop {
         if buf.len() > MAX_HEAD {
@@ -298,29 +313,94 @@ async fn connect(spec: &Spec, plan: &Plan) -> Result<(TcpStream, ResponseHead, V
             return Err(ConnectFailure::ClosedEarly);
         }
         let Some((head, len)) = parse_head(&buf).map_err(|_| ConnectFailure::BadResponse)? else { continue };
-        if head.status != 200 {
-            return Err(ConnectFailure::Status(head.status));
-        }
-        let content_type = head.content_type.clone().unwrap_or_default();
-        if !content_type.starts_with("text/event-stream") {
-            return Err(ConnectFailure::NotEventStream(content_type));
-        }
+        check_head(head.status, head.content_type.as_deref())?;
         buf.drain(..len);
         buf.shrink_to_fit();
-        return Ok((stream, head, buf));
+        return Ok((Body::Stream(stream), head.chunked, buf));
     }
+}
+
+/// A subscribe response's status and content type, checked.
+fn check_head(status: u16, content_type: Option<&str>) -> Result<(), ConnectFailure> {
+    if status != 200 {
+        return Err(ConnectFailure::Status(status));
+    }
+    let content_type = content_type.unwrap_or_default();
+    if !content_type.to_ascii_lowercase().starts_with("text/event-stream") {
+        return Err(ConnectFailure::NotEventStream(content_type.to_owned()));
+    }
+    Ok(())
+}
+
+/// The HTTP/2 connections of a run: connection `k` carries the streams of clients
+/// `k * streams_per_connection ..`; the first of them to connect opens it, the others wait
+/// for it (and share its failure, if it fails).
+pub(crate) struct H2Pool {
+    connections: Vec<OnceCell<Result<h2::client::SendRequest<Bytes>, ConnectFailure>>>,
+}
+
+impl H2Pool {
+    pub(crate) fn new(plan: &Plan) -> Self {
+        let count = if plan.http2 { plan.clients.div_ceil(plan.streams_per_connection) } else { 0 };
+        Self { connections: (0..count).map(|_| OnceCell::new()).collect() }
+    }
+}
+
+/// Opens one HTTP/2 connection (TLS with ALPN `h2`, or prior knowledge over plain TCP) and
+/// spawns its driver, which ends when the server closes it or every stream and handle is gone.
+async fn open_h2(spec: &Spec, plan: &Plan) -> Result<h2::client::SendRequest<Bytes>, ConnectFailure> {
+    let io = |error: io::Error| ConnectFailure::from_io(&error);
+    let recv_buffer = plan.slow_recv_buffer.filter(|_| spec.slow && plan.streams_per_connection == 1);
+    let options = SocketOptions { source: spec.source, recv_buffer, nodelay: true };
+    let tls = plan.tls.as_ref().map(|tls| (&tls.streams, &tls.name));
+    let stream = transport::connect(plan.server, options, tls).await.map_err(io)?;
+    if let Io::Tls(session) = &stream
+        && session.get_ref().1.alpn_protocol() != Some(b"h2")
+    {
+        return Err(ConnectFailure::NoHttp2);
+    }
+    let (send, connection) = transport::h2_builder()
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|error| ConnectFailure::from_io(&transport::h2_error(&error)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// Opens this client's stream on its HTTP/2 connection and checks the response head.
+async fn open_h2_stream(spec: &Spec, plan: &Plan, pool: &H2Pool) -> Result<(Body, bool, Vec<u8>), ConnectFailure> {
+    let h2 = |error: h2::Error| ConnectFailure::from_io(&transport::h2_error(&error));
+    let cell = &pool.connections[spec.index / plan.streams_per_connection];
+    let send = cell.get_or_init(|| open_h2(spec, plan)).await.clone()?;
+    let mut send = send.ready().await.map_err(h2)?;
+    let topic = &plan.topics[spec.topic];
+    let scheme = if plan.tls.is_some() { "https" } else { "http" };
+    let mut request = http::Request::get(format!("{scheme}://{}{}", plan.authority, topic.subscribe_path))
+        .header("accept", "text/event-stream")
+        .header("cache-control", "no-cache");
+    if let Some(value) = &topic.authorization {
+        request = request.header("authorization", value);
+    }
+    let request = request.body(()).map_err(|_| ConnectFailure::BadResponse)?;
+    let (response, _) = send.send_request(request, true).map_err(h2)?;
+    let response = response.await.map_err(h2)?;
+    let content_type = response.headers().get("content-type").and_then(|value| value.to_str().ok());
+    check_head(response.status().as_u16(), content_type)?;
+    Ok((Body::H2 { stream: response.into_body(), pending: Bytes::new() }, false, Vec::new()))
 }
 
 /// What one wake-up's reads came to.
 enum Step {
-    /// Nothing more to read now.
-    Pending,
+    /// Read its share for this wake-up; there may be more.
+    Again,
     EndOfStream,
     Failed(io::Error),
 }
 
 struct Conn {
-    stream: TcpStream,
+    body: Body,
     reader: Reader,
 }
 
@@ -387,21 +467,26 @@ impl Reader {
 }
 
 impl Conn {
-    /// Reads what the socket has now (a few reads at most).
-    fn read_ready(&mut self, outcome: &mut Outcome, shared: &Shared) -> Step {
+    /// Reads what the connection has now (a few reads at most); `Pending`, with the task
+    /// to be woken, once it has nothing.
+    fn poll_reads(&mut self, cx: &mut Context<'_>, outcome: &mut Outcome, shared: &Shared) -> Poll<Step> {
         for _ in 0..MAX_READS_PER_WAKE {
-            let stream = &self.stream;
-            match self.reader.read(outcome, shared, |buf| stream.try_read(buf)) {
-                Ok(0) => return Step::EndOfStream,
+            let body = &mut self.body;
+            let read = self.reader.read(outcome, shared, |buf| match body.poll_fill(cx, buf) {
+                Poll::Ready(result) => result,
+                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+            });
+            match read {
+                Ok(0) => return Poll::Ready(Step::EndOfStream),
                 Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Step::Pending,
-                Err(error) => return Step::Failed(error),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(error) => return Poll::Ready(Step::Failed(error)),
             }
             if self.reader.stream.body_ended() {
-                return Step::EndOfStream;
+                return Poll::Ready(Step::EndOfStream);
             }
         }
-        Step::Pending
+        Poll::Ready(Step::Again)
     }
 
     /// A normal client: read until the stream ends, the client times out, or the run stops.
@@ -419,14 +504,11 @@ impl Conn {
         let idle_sleep = tokio::time::sleep(idle);
         tokio::pin!(idle_sleep);
         loop {
-            tokio::select! {
+            let bytes_before = outcome.bytes;
+            let reads = tokio::select! {
                 biased;
                 _ = stop.changed() => return End::Open,
-                ready = self.stream.readable() => {
-                    if let Err(error) = ready {
-                        return outcome.read_error(&error);
-                    }
-                }
+                reads = poll_fn(|cx| self.poll_reads(cx, outcome, shared)) => reads,
                 () = &mut idle_sleep => {
                     // The timer is moved only when it fires, not on every read.
                     if last_data.elapsed() >= idle {
@@ -435,10 +517,9 @@ impl Conn {
                     idle_sleep.as_mut().reset((last_data + idle).into());
                     continue;
                 }
-            }
-            let bytes_before = outcome.bytes;
-            match self.read_ready(outcome, shared) {
-                Step::Pending => {}
+            };
+            match reads {
+                Step::Again => {}
                 Step::EndOfStream => return outcome.end_of_stream(),
                 Step::Failed(error) => return outcome.read_error(&error),
             }
@@ -457,14 +538,11 @@ impl Conn {
             if wait.is_zero() {
                 return End::Open;
             }
-            match tokio::time::timeout(wait, self.stream.readable()).await {
+            match tokio::time::timeout(wait, poll_fn(|cx| self.poll_reads(cx, outcome, shared))).await {
                 Err(_) => return End::Open,
-                Ok(Err(error)) => return outcome.read_error(&error),
-                Ok(Ok(())) => match self.read_ready(outcome, shared) {
-                    Step::Pending => {}
-                    Step::EndOfStream => return outcome.end_of_stream(),
-                    Step::Failed(error) => return outcome.read_error(&error),
-                },
+                Ok(Step::Again) => {}
+                Ok(Step::EndOfStream) => return outcome.end_of_stream(),
+                Ok(Step::Failed(error)) => return outcome.read_error(&error),
             }
         }
     }

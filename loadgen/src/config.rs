@@ -32,6 +32,7 @@ pub enum PublishFormat {
 }
 
 /// Options of a load run. `loadgen --help` documents each; every duration is in seconds.
+#[expect(clippy::struct_excessive_bools, reason = "on/off command-line flags are bools")]
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(
     name = "loadgen",
@@ -39,9 +40,33 @@ pub enum PublishFormat {
     about = "A swarm of SSE clients and a paced publisher: latency, deliveries/s, gaps, duplicates."
 )]
 pub struct Config {
-    /// Server to load: `http://HOST:PORT` (a path here prefixes both path templates).
+    /// Server to load: `http://HOST:PORT` or `https://HOST:PORT` (a path here prefixes both
+    /// path templates). Over `https://` the clients and the publisher speak TLS (rustls),
+    /// trusting the system's CA certificates unless `--ca-cert` or `--insecure` says otherwise.
     #[arg(long, env = "LOADGEN_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+
+    /// Trust the CA certificates of this PEM file (instead of the system's) for `https://`.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Accept any server certificate for `https://` (test servers with a self-signed one);
+    /// the handshake still checks that the server holds the certificate's key.
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure: bool,
+
+    /// Open the event streams over HTTP/2: ALPN `h2` over `https://`, prior knowledge (h2c)
+    /// over `http://`. The publisher still speaks HTTP/1.1.
+    #[arg(long)]
+    #[serde(default)]
+    pub http2: bool,
+
+    /// With `--http2`: event streams per connection (a browser tab holding several
+    /// EventSource streams on one connection). Clients `k*N .. k*N+N-1` share connection `k`.
+    #[arg(long, default_value_t = 1)]
+    pub streams_per_connection: usize,
 
     /// SSE connections to open.
     #[arg(long, default_value_t = 10_000)]
@@ -195,8 +220,11 @@ pub(crate) struct TopicPlan {
     pub(crate) json: String,
     /// The name percent-encoded (a form field's value).
     pub(crate) encoded: String,
-    /// The complete `GET` request of a subscriber, shared by every client of the topic.
+    /// The complete HTTP/1.1 `GET` request of a subscriber, shared by every client of the topic.
     pub(crate) subscribe_request: Vec<u8>,
+    /// The subscribe path (with the URL's prefix) and the `authorization` value, for HTTP/2.
+    pub(crate) subscribe_path: String,
+    pub(crate) authorization: Option<String>,
     /// The publish path with `{topic}` replaced.
     pub(crate) publish_path: String,
 }
@@ -205,6 +233,13 @@ pub(crate) struct TopicPlan {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) server: SocketAddr,
+    /// `Some` for `https://`: the clients' and the publisher's TLS.
+    pub(crate) tls: Option<crate::transport::Tls>,
+    /// Event streams over HTTP/2, this many per connection.
+    pub(crate) http2: bool,
+    pub(crate) streams_per_connection: usize,
+    /// The `host` header (HTTP/2 `:authority`) of the subscribe requests.
+    pub(crate) authority: String,
     /// Where publishing goes (`--publish-url`, else `server`), and its `Host` header.
     pub(crate) publish_server: SocketAddr,
     pub(crate) publish_host: String,
@@ -241,6 +276,16 @@ fn check(config: &Config) -> anyhow::Result<()> {
     ensure!(config.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
     ensure!(config.publish_connections >= 1, "--publish-connections must be at least 1");
     ensure!(config.threads >= 1, "--threads must be at least 1");
+    ensure!(
+        (1..=1000).contains(&config.streams_per_connection),
+        "--streams-per-connection must be between 1 and 1000, not {}",
+        config.streams_per_connection
+    );
+    ensure!(
+        config.http2 || config.streams_per_connection == 1,
+        "--streams-per-connection {} needs --http2 (HTTP/1.1 carries one stream per connection)",
+        config.streams_per_connection
+    );
     ensure!(config.rate.is_finite() && config.rate >= 0.0, "--rate must be a number of events/s, 0 or more");
     ensure!(config.size <= MAX_SIZE, "--size {} is larger than the loadgen's limit of {MAX_SIZE} bytes", config.size);
     ensure!(
@@ -287,9 +332,15 @@ impl Plan {
             None => (server, url.host_header()),
             Some(text) => {
                 let publish = Url::parse(text)?;
+                ensure!(
+                    publish.https == url.https,
+                    "--publish-url {text} and --url {} must both be http:// or both https://",
+                    config.url
+                );
                 (resolve(&publish, "--publish-url", text)?, publish.host_header())
             }
         };
+        let tls = tls(config, &url)?;
         let sources = match (config.source_addrs, server.ip()) {
             (0, _) => Vec::new(),
             (k, IpAddr::V4(ip)) if ip.is_loopback() => (1..=k).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
@@ -310,31 +361,19 @@ impl Plan {
             config.token.as_ref().is_none_or(|token| !token.chars().any(char::is_control)),
             "--token must be one line of printable characters"
         );
-        let topic_tokens: Vec<String> = match &config.topic_tokens {
-            None => Vec::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("could not read --topic-tokens {}", path.display()))?;
-                let tokens: Vec<String> =
-                    text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect();
-                ensure!(!tokens.is_empty(), "--topic-tokens {} holds no token", path.display());
-                ensure!(
-                    tokens.iter().all(|token| !token.chars().any(|c| c.is_control() || c == ' ')),
-                    "--topic-tokens {}: a token has a space or control character",
-                    path.display()
-                );
-                tokens
-            }
-        };
+        let topic_tokens = topic_tokens(config)?;
         let topics = (0..config.topics)
             .map(|i| {
                 let name = format!("{}{i}", config.topic_prefix);
                 let encoded = percent_encode(&name);
                 let path = format!("{}{}", url.path, config.subscribe_path.replace("{topic}", &encoded));
-                let auth_header = match topic_tokens.get(i % topic_tokens.len().max(1)) {
-                    Some(token) => format!("authorization: Bearer {token}\r\n"),
-                    None => auth_header.clone(),
+                let authorization = match topic_tokens.get(i % topic_tokens.len().max(1)) {
+                    Some(token) => Some(format!("Bearer {token}")),
+                    None => config.token.as_ref().map(|token| format!("Bearer {token}")),
                 };
+                let auth_header = authorization
+                    .as_ref()
+                    .map_or_else(String::new, |value| format!("authorization: {value}\r\n"));
                 let subscribe_request = format!(
                     "GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n{auth_header}\r\n"
                 )
@@ -344,11 +383,17 @@ impl Plan {
                     encoded: encoded.clone(),
                     publish_path: format!("{}{}", url.path, config.publish_path.replace("{topic}", &encoded)),
                     subscribe_request,
+                    subscribe_path: path,
+                    authorization,
                 }
             })
             .collect();
         Ok(Self {
             server,
+            tls,
+            http2: config.http2,
+            streams_per_connection: config.streams_per_connection,
+            authority: host,
             publish_server,
             publish_host,
             auth_header,
@@ -391,9 +436,44 @@ impl Plan {
     }
 }
 
-/// The parts of an `http://` URL the loadgen uses.
+/// The TLS of an `https://` run (`None` for `http://`), trusting what the flags say.
+fn tls(config: &Config, url: &Url) -> anyhow::Result<Option<crate::transport::Tls>> {
+    use crate::transport::{Tls, Trust};
+    ensure!(
+        url.https || (config.ca_cert.is_none() && !config.insecure),
+        "--ca-cert and --insecure are for an https:// --url, not {}",
+        config.url
+    );
+    if !url.https {
+        return Ok(None);
+    }
+    let trust = match (&config.ca_cert, config.insecure) {
+        (Some(path), _) => Trust::CaFile(path.clone()),
+        (None, true) => Trust::Anything,
+        (None, false) => Trust::System,
+    };
+    Ok(Some(Tls::new(&url.host, &trust, config.http2)?))
+}
+
+/// The lines of `--topic-tokens`, checked (empty without the flag).
+fn topic_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
+    let Some(path) = &config.topic_tokens else { return Ok(Vec::new()) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("could not read --topic-tokens {}", path.display()))?;
+    let tokens: Vec<String> = text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect();
+    ensure!(!tokens.is_empty(), "--topic-tokens {} holds no token", path.display());
+    ensure!(
+        tokens.iter().all(|token| !token.chars().any(|c| c.is_control() || c == ' ')),
+        "--topic-tokens {}: a token has a space or control character",
+        path.display()
+    );
+    Ok(tokens)
+}
+
+/// The parts of an `http://` or `https://` URL the loadgen uses.
 #[derive(Debug, PartialEq, Eq)]
 struct Url {
+    https: bool,
     host: String,
     port: u16,
     /// The path without a trailing `/` (empty for none).
@@ -402,8 +482,10 @@ struct Url {
 
 impl Url {
     fn parse(text: &str) -> anyhow::Result<Self> {
-        let Some(rest) = text.strip_prefix("http://") else {
-            bail!("--url {text} is not an http:// URL (https is not supported; put the server's plain HTTP port)");
+        let (https, rest) = match (text.strip_prefix("http://"), text.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => bail!("--url {text} is not an http:// or https:// URL"),
         };
         let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -417,15 +499,17 @@ impl Url {
         };
         ensure!(!host.is_empty(), "--url {text} has no host");
         let port = match port {
+            None if https => 443,
             None => 80,
             Some(port) => port.parse().with_context(|| format!("--url {text}: `{port}` is not a port number"))?,
         };
-        Ok(Self { host: host.to_owned(), port, path: path.trim_end_matches('/').to_owned() })
+        Ok(Self { https, host: host.to_owned(), port, path: path.trim_end_matches('/').to_owned() })
     }
 
     fn host_header(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == 80 { host } else { format!("{host}:{}", self.port) }
+        let default = if self.https { 443 } else { 80 };
+        if self.port == default { host } else { format!("{host}:{}", self.port) }
     }
 }
 
@@ -450,14 +534,17 @@ mod tests {
     fn urls_parse() {
         assert_eq!(
             Url::parse("http://127.0.0.1:18181").unwrap(),
-            Url { host: "127.0.0.1".into(), port: 18181, path: String::new() }
+            Url { https: false, host: "127.0.0.1".into(), port: 18181, path: String::new() }
         );
         assert_eq!(
             Url::parse("http://localhost/base/").unwrap(),
-            Url { host: "localhost".into(), port: 80, path: "/base".into() }
+            Url { https: false, host: "localhost".into(), port: 80, path: "/base".into() }
         );
         assert_eq!(Url::parse("http://[::1]:9/").unwrap().host_header(), "[::1]:9");
-        assert!(Url::parse("https://x").is_err());
+        let secure = Url::parse("https://localhost").unwrap();
+        assert_eq!((secure.https, secure.port, secure.host_header()), (true, 443, "localhost".to_owned()));
+        assert_eq!(Url::parse("https://x:8443").unwrap().host_header(), "x:8443");
+        assert!(Url::parse("ftp://x").is_err());
         assert!(Url::parse("http://x:notaport").is_err());
     }
 

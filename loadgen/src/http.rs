@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+
+use crate::transport::{self, Io, SocketOptions};
 
 /// Largest response head accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 << 10;
@@ -217,10 +218,9 @@ impl std::fmt::Display for RequestError {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection: one request, then its response, at a time.
-#[derive(Debug)]
+/// A keep-alive HTTP/1.1 connection (plain or TLS): one request, then its response, at a time.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Io,
     /// Read buffer; bytes past a response are never expected (no pipelining).
     buf: Vec<u8>,
     /// The server said it will close after the last response.
@@ -228,16 +228,18 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `server`, from `source` (any port) if given.
-    pub(crate) async fn connect(server: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> io::Result<Self> {
-        let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if let Some(source) = source {
-            socket.bind(SocketAddr::from((source, 0)))?;
-        }
-        let stream = tokio::time::timeout(timeout, socket.connect(server))
+    /// Connects to `server`, from `source` (any port) if given, with TLS if `tls` is given.
+    pub(crate) async fn connect(
+        server: SocketAddr,
+        source: Option<Ipv4Addr>,
+        tls: Option<&transport::Tls>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let options = SocketOptions { source, recv_buffer: None, nodelay: true };
+        let tls = tls.map(|tls| (&tls.publish, &tls.name));
+        let stream = tokio::time::timeout(timeout, transport::connect(server, options, tls))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
         Ok(Self { stream, buf: Vec::with_capacity(4096), closing: false })
     }
 
@@ -261,6 +263,9 @@ impl Connection {
             if any_response { RequestError::Broken(error) } else { RequestError::NoResponse(error) }
         };
         if let Err(error) = self.stream.write_all(request).await {
+            return Err(fail(self, error, false));
+        }
+        if let Err(error) = self.stream.flush().await {
             return Err(fail(self, error, false));
         }
         self.buf.clear();

@@ -17,6 +17,7 @@
 //! - [`config`]: the options (clap) and their checked, resolved form (`Plan`).
 //! - [`sse`]: the lean frame scanner (memchr, no allocation per event) and the payload format.
 //! - `http`: the hand-written HTTP/1.1 bits: request heads, response heads, de-chunking.
+//! - `transport`: TCP from a source address, TLS (rustls), HTTP/2 streams (h2), read alike.
 //! - `client`: one SSE client task (connect, read, scan, slow-client mode).
 //! - `publisher`: the paced publisher over keep-alive connections.
 //! - `stats`: gap/duplicate tracking, the sharded latency histograms, CPU use.
@@ -35,6 +36,7 @@ pub mod report;
 mod runner;
 pub mod sse;
 mod stats;
+mod transport;
 
 pub use config::{Config, PublishFormat};
 pub use report::Report;

@@ -16,6 +16,11 @@
 //! # a quarter of the clients stop reading: they get dropped, the others see no change
 //! loadgen --url http://127.0.0.1:18181 --clients 1000 --rate 2000 --size 1024 \
 //!     --slow-fraction 0.25 --duration 20 --json --hgrm latency.hgrm
+//!
+//! # over TLS (a self-signed test certificate), then HTTP/2 with 8 streams per connection
+//! loadgen --url https://127.0.0.1:8443 --insecure --clients 1000 --rate 1000 --duration 5
+//! loadgen --url https://127.0.0.1:8443 --ca-cert ca.pem --http2 --streams-per-connection 8 \
+//!     --clients 1000 --rate 1000 --duration 5
 //! ```
 //!
 //! # The same run against nginx + nchan

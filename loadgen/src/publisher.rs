@@ -313,7 +313,7 @@ impl Publisher {
                 conn
             } else {
                 let source = self.plan.publisher_source(self.id);
-                let conn = Connection::connect(self.plan.publish_server, source, timeout)
+                let conn = Connection::connect(self.plan.publish_server, source, self.plan.tls.as_ref(), timeout)
                     .await
                     .map_err(|error| Failure::Unsent(format!("connect: {error}")))?;
                 self.stats.connects += 1;

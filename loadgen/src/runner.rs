@@ -32,7 +32,8 @@ const KEEP_ERRORS: usize = 5;
 /// options, open-files limit); what goes wrong during the run is in the [`Report`].
 pub async fn run(config: Config) -> anyhow::Result<Report> {
     let plan = Arc::new(Plan::new(&config)?);
-    let needed = plan.clients as u64 + plan.publish_connections as u64 + 64;
+    let connections = plan.clients.div_ceil(plan.streams_per_connection);
+    let needed = connections as u64 + plan.publish_connections as u64 + 64;
     ensure_open_files(needed, plan.clients)?;
     let shards = (plan.threads * 2).clamp(1, 16);
     let shared = Arc::new(Shared::new(plan.clients, plan.topics.len(), shards, plan.connect_concurrency));
@@ -43,7 +44,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     // Connect. The stop signal: flipped once by the driver (dropping the sender would do too).
     let (stop_tx, stop_rx) = watch::channel(false);
     let connect_start = Instant::now();
-    let tasks = spawn_clients(&plan, &shared, &stop_rx, connect_start);
+    let pool = Arc::new(client::H2Pool::new(&plan));
+    let tasks = spawn_clients(&plan, &shared, &pool, &stop_rx, connect_start);
+    drop(pool);
     drop(stop_rx);
     wait_for_attempts(&plan, &shared, connect_start, &mut warnings).await;
     let connected_at = Duration::from_nanos(shared.last_connected_ns.load(Relaxed));
@@ -85,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 fn spawn_clients(
     plan: &Arc<Plan>,
     shared: &Arc<Shared>,
+    pool: &Arc<client::H2Pool>,
     stop_rx: &watch::Receiver<bool>,
     connect_start: Instant,
 ) -> Vec<tokio::task::JoinHandle<Outcome>> {
@@ -97,7 +101,7 @@ fn spawn_clients(
                 source: (!plan.sources.is_empty()).then(|| plan.sources[index % plan.sources.len()]),
                 start_at: connect_start + plan.ramp.mul_f64(to_f64(index as u64) / to_f64(plan.clients as u64)),
             };
-            tokio::spawn(client::run(spec, Arc::clone(plan), Arc::clone(shared), stop_rx.clone()))
+            tokio::spawn(client::run(spec, Arc::clone(plan), Arc::clone(shared), Arc::clone(pool), stop_rx.clone()))
         })
         .collect()
 }

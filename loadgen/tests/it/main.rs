@@ -4,5 +4,6 @@
 
 mod delivery;
 mod generic;
+mod secure;
 mod slow;
 mod support;
