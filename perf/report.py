@@ -46,7 +46,8 @@ SCENARIOS = {
     "L": "light: 1,000 clients x 20 ev/s",
     "P": "private fan-out: 1,000 clients in 10 groups, 100,000 updates (1,000/s), one request each",
 }
-SERVER_ORDER = ["ringcast", "ringcastjson", "ringcastmercure", "ringcastlog", "baseline", "nchan"]
+SERVER_ORDER = ["ringcast", "ringcastjson", "ringcastmercure", "ringcastlog", "ringcasttls", "ringcasth2", "baseline",
+                "nchan", "nchantls"]
 SERVER_NAMES = {
     "ringcast": "ringcast",
     "ringcastlog": "ringcast with its durable log (--data-dir, --fsync interval)",
@@ -54,8 +55,14 @@ SERVER_NAMES = {
     "ringcastmercure": "ringcast through /.well-known/mercure (a URI-template selector, form publishes)",
     "baseline": "baseline (axum Sse + tokio broadcast)",
     "nchan": "nginx + nchan",
+    "ringcasttls": "ringcast over TLS, HTTP/1.1 (loadgen --url https:// --ca-cert)",
+    "ringcasth2": "ringcast over TLS, HTTP/2, one stream per connection (loadgen --http2)",
+    "nchantls": "nginx + nchan over TLS, HTTP/1.1",
 }
-COLORS = {"ringcast": "#1f77b4", "ringcastjson": "#17becf", "ringcastmercure": "#ff7f0e", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c"}
+# Servers reached over TLS: their S1 memory goal is the TLS one, not plaintext's.
+TLS_SERVERS = {"ringcasttls": 4096, "ringcasth2": 8192, "nchantls": None}
+COLORS = {"ringcast": "#1f77b4", "ringcastjson": "#17becf", "ringcastmercure": "#ff7f0e", "ringcastlog": "#9467bd", "baseline": "#d62728", "nchan": "#2ca02c",
+          "ringcasttls": "#8c564b", "ringcasth2": "#e377c2", "nchantls": "#bcbd22"}
 
 
 # ----------------------------------------------------------------------------- /proc reading
@@ -753,10 +760,16 @@ def slow_dropped(r):
     return (d["lapped"] + d["closed"] + d["error"] + d["timeout"], slow["connected"])
 
 
+def rss_goal(r) -> int | None:
+    """The S1 bound on RSS per idle connection for this run's server, in bytes (None: no goal)."""
+    server = r.get("server", "")
+    return TLS_SERVERS[server] if server in TLS_SERVERS else 2048
+
+
 GOALS = [
-    Goal("S1", "server RSS per idle connection", "≤ 2 KiB",
+    Goal("S1", "server RSS per idle connection", "≤ 2 KiB (TLS HTTP/1.1 ≤ 4 KiB, HTTP/2 over TLS ≤ 8 KiB)",
          lambda r: get(r, "server_stats", "rss_per_connection_bytes"), lambda v: f"{v/1024:.2f} KiB",
-         lambda v, r: v <= 2048),
+         lambda v, r: None if rss_goal(r) is None else v <= rss_goal(r)),
     Goal("S1", "time to connect all clients", "≤ 0.6 s (10,000)",
          lambda r: get(r, "loadgen", "connect", "time_to_connect_all_s"), lambda v: f"{v:.3f} s",
          lambda v, r: v <= 0.6 and get(r, "loadgen", "connect", "failed") == 0, full_only=True),
@@ -889,7 +902,8 @@ def render_md(run: str, results: dict[str, dict[str, dict]], svg_name: str) -> s
             elif g.full_only and r.get("mode") == "quick":
                 verdict = "n/a (quick)"
             else:
-                verdict = "pass" if g.ok(v, r) else "**FAIL**"
+                ok = g.ok(v, r)
+                verdict = "" if ok is None else "pass" if ok else "**FAIL**"
             L.append(f"| {g.scenario} | {g.label} | {g.goal_text} | {g.unit_fmt(v)} | {verdict} |")
         L.append("")
         L.append("| scenario | clients | ev/s target → achieved | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms "
@@ -980,6 +994,7 @@ def render_md(run: str, results: dict[str, dict[str, dict]], svg_name: str) -> s
             L.append("".join(cells))
         L.append("")
 
+    L += render_tls(results)
     L.append("## Commands\n")
     L.append("Start the server, then run the loadgen (from the repository root); S2 where it ran:\n")
     for setup in order:
@@ -987,6 +1002,58 @@ def render_md(run: str, results: dict[str, dict[str, dict]], svg_name: str) -> s
         L.append(f"- {setup}, {r['scenario']}:\n  ```sh\n  {r['commands']['server']} &\n  {r['commands']['loadgen']}\n  ```")
     L.append("")
     return "\n".join(L)
+
+
+def render_tls(results: dict[str, dict[str, dict]]) -> list[str]:
+    """The TLS and HTTP/2 goals (run with --tls), each beside plaintext ringcast of the same run."""
+    tls, h2, plain, nchan = (results.get(f"{s}-1c", {}) for s in ("ringcasttls", "ringcasth2", "ringcast", "nchantls"))
+    if not tls and not h2:
+        return []
+    L = ["## TLS and HTTP/2 (one core, same run)\n",
+         "| scenario | measure | goal | ringcast plaintext | ringcast TLS HTTP/1.1 | ringcast HTTP/2 over TLS "
+         "| nginx + nchan TLS | verdict |",
+         "|---|---|---|---:|---:|---:|---:|---|"]
+
+    def cell(r, getter, show):
+        v = getter(r) if r and r.get("loadgen") else None
+        return (show(v) + caveat(r)) if v is not None else "–"
+
+    def verdict(checks):
+        known = [c for c in checks if c is not None]
+        if not known:
+            return "no data"
+        return "pass" if all(known) else "**FAIL**"
+
+    rss = lambda r: get(r, "server_stats", "rss_per_connection_bytes")
+    kib = lambda v: f"{v / 1024:.2f} KiB"
+    rss_tls, rss_h2 = rss(tls.get("S1", {})), rss(h2.get("S1", {}))
+    L.append(f"| S1 | RSS per idle connection | TLS ≤ 4 KiB, HTTP/2 ≤ 8 KiB | {cell(plain.get('S1'), rss, kib)} "
+             f"| {cell(tls.get('S1'), rss, kib)} | {cell(h2.get('S1'), rss, kib)} | {cell(nchan.get('S1'), rss, kib)} "
+             f"| {verdict([None if rss_tls is None else rss_tls <= 4096, None if rss_h2 is None else rss_h2 <= 8192])} |")
+    rate = lambda r: get(r, "loadgen", "delivery", "deliveries_per_s")
+    p99 = lambda r: get(r, "loadgen", "latency", "p99_us")
+    ms = lambda v: f"{fmt_ms(v)} ms"
+
+    def s3_ok(r):
+        if not r or not r.get("loadgen"):
+            return None
+        return bool(delivered_all(r)) and p99(r) <= 250_000 and r["loadgen"]["ok"]
+
+    row = lambda label, getter, show: (f"| S3 | {label} | 1.0M/s, p99 ≤ 250 ms, no gaps "
+                                       f"| {cell(plain.get('S3'), getter, show)} | {cell(tls.get('S3'), getter, show)} "
+                                       f"| {cell(h2.get('S3'), getter, show)} | {cell(nchan.get('S3'), getter, show)} ")
+    L.append(row("deliveries/s", rate, fmt_rate) + "| |")
+    L.append(row("latency p99", p99, ms) + f"| {verdict([s3_ok(tls.get('S3')), s3_ok(h2.get('S3'))])} |")
+    L.append(row("integrity", lambda r: integrity(r), str) + "| |")
+    cpu = lambda r: get(r, "server_stats", "cpu_per_delivery_us")
+    us = lambda v: f"{v:.2f} µs"
+    base, over = cpu(plain.get("L", {})), cpu(tls.get("L", {}))
+    ratio = f" ({over / base:.2f}× plaintext)" if base and over else ""
+    L.append(f"| L | server CPU per delivery | TLS ≤ 1.5× plaintext | {cell(plain.get('L'), cpu, us)} "
+             f"| {cell(tls.get('L'), cpu, us)}{ratio} | {cell(h2.get('L'), cpu, us)} | {cell(nchan.get('L'), cpu, us)} "
+             f"| {verdict([None if not (base and over) else over <= 1.5 * base])} |")
+    L.append("")
+    return L
 
 
 COMPARE = [

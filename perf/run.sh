@@ -4,7 +4,7 @@
 # nginx + nchan in the same run, and with the server on both cores. perf/README.md documents the
 # scenarios, the measurements and how to read the results.
 #
-# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L,P] [--compare] [--both-cores] [--quick] [--with-log] [--with-mercure]
+# Usage: perf/run.sh [--scenarios S1,S2,S3,S4,S5,L,P] [--compare] [--both-cores] [--quick] [--with-log] [--with-mercure] [--tls]
 #                    [--out DIR] [--no-build] [--max-load X] [--load-wait S]
 #
 # Writes DIR/<run>-<setup>-<scenario>.json and .hgrm, DIR/<run>.md, DIR/<run>-latency.svg
@@ -25,6 +25,7 @@ COMPARE=0
 BOTH_CORES=0
 WITH_LOG=0
 WITH_MERCURE=0
+TLS=0
 QUICK=0
 BUILD=1
 OUT=$PERF/results
@@ -48,6 +49,10 @@ Options:
                     updates are private and each group of subscribers has its own claim.
                     Mercure has no batch publish, so ringcastjson-1c runs /events with the
                     same publisher shape (one request per event, application/json)
+  --tls             also run ringcast over TLS (a certificate made for the run, verified by the
+                    loadgen with --ca-cert): HTTP/1.1 (setup ringcasttls-1c) and HTTP/2 with one
+                    stream per connection (ringcasth2-1c); and, when nginx with the nchan
+                    module is installed, nginx + nchan over TLS (HTTP/1.1, nchantls-1c)
   --quick           small client counts and a few seconds per scenario (smoke test)
   --out DIR         results directory (default: perf/results)
   --no-build        use the binaries already built
@@ -68,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --both-cores) BOTH_CORES=1; shift ;;
         --with-log) WITH_LOG=1; shift ;;
         --with-mercure) WITH_MERCURE=1; shift ;;
+        --tls) TLS=1; shift ;;
         --quick) QUICK=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --out) [[ $# -ge 2 ]] || die "--out needs a directory"; OUT=$2; shift 2 ;;
@@ -87,7 +93,9 @@ done
 
 # ------------------------------------------------------------------ preconditions
 
-for tool in taskset timeout "$PY" awk; do
+TOOLS=(taskset timeout "$PY" awk)
+[[ $TLS == 1 ]] && TOOLS+=(openssl)
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null || die "'$tool' is not installed (taskset: util-linux, timeout: coreutils)"
 done
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PY is older than 3.11"
@@ -181,7 +189,7 @@ fi
 
 # nginx + nchan: only when both are installed (apt-get install nginx libnginx-mod-nchan).
 NCHAN_MODULE=
-if [[ $COMPARE == 1 ]] && command -v nginx >/dev/null; then
+if [[ $COMPARE == 1 || $TLS == 1 ]] && command -v nginx >/dev/null; then
     moddir=$(nginx -V 2>&1 | sed -n 's/.*--modules-path=\([^ ]*\).*/\1/p')
     for f in "${moddir:-/usr/lib/nginx/modules}/ngx_nchan_module.so" /usr/lib/nginx/modules/ngx_nchan_module.so; do
         if [[ -f $f ]]; then NCHAN_MODULE=$f; break; fi
@@ -189,6 +197,9 @@ if [[ $COMPARE == 1 ]] && command -v nginx >/dev/null; then
 fi
 if [[ $COMPARE == 1 && -z $NCHAN_MODULE ]]; then
     log "nginx with the nchan module is not installed: comparing with the baseline only (apt-get install nginx libnginx-mod-nchan)"
+fi
+if [[ $TLS == 1 && -z $NCHAN_MODULE ]]; then
+    log "nginx with the nchan module is not installed: no nginx + nchan over TLS (apt-get install nginx libnginx-mod-nchan)"
 fi
 
 # ------------------------------------------------------------------ machine prep (best effort)
@@ -231,11 +242,30 @@ SETUPS=(ringcast-1c)
 [[ $WITH_MERCURE == 1 ]] && SETUPS+=(ringcastjson-1c ringcastmercure-1c)
 [[ $WITH_LOG == 1 ]] && SETUPS+=(ringcastlog-1c)
 [[ $COMPARE == 1 ]] && SETUPS+=(baseline-1c)
-[[ -n $NCHAN_MODULE ]] && SETUPS+=(nchan-1c)
+[[ $COMPARE == 1 && -n $NCHAN_MODULE ]] && SETUPS+=(nchan-1c)
+[[ $TLS == 1 ]] && SETUPS+=(ringcasttls-1c ringcasth2-1c)
+[[ $TLS == 1 && -n $NCHAN_MODULE ]] && SETUPS+=(nchantls-1c)
 if [[ $BOTH_CORES == 1 ]]; then
     SETUPS+=(ringcast-2c)
     [[ $COMPARE == 1 ]] && SETUPS+=(baseline-2c)
-    [[ -n $NCHAN_MODULE ]] && SETUPS+=(nchan-2c)
+    [[ $COMPARE == 1 && -n $NCHAN_MODULE ]] && SETUPS+=(nchan-2c)
+fi
+
+# TLS (--tls): a CA and a P-256 server certificate for 127.0.0.1 it signed, made for this run;
+# the loadgen trusts the CA (--ca-cert), so every handshake is verified as a browser's would be
+# (a self-signed certificate with CA:TRUE would be refused as an end entity).
+TLS_DIR=$TMP/tls
+if [[ $TLS == 1 ]]; then
+    mkdir -p "$TLS_DIR"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$TLS_DIR/ca-key.pem" \
+            -out "$TLS_DIR/ca.pem" -days 2 -subj "/CN=ringcast perf CA $RUN" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$TLS_DIR/key.pem" \
+            -out "$TLS_DIR/server.csr" -subj /CN=127.0.0.1 &&
+        openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca-key.pem" \
+            -CAcreateserial -days 2 -out "$TLS_DIR/cert.pem" \
+            -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n')
+    } >"$TLS_DIR/openssl.log" 2>&1 || die "openssl could not make the run's certificates (see $TLS_DIR/openssl.log)"
 fi
 
 PORT_SEQ=0
@@ -255,10 +285,14 @@ pick_port() { # a port in 8300..8399 nobody listens on; rotates so TIME_WAITs of
     die "no free port in 8300-8399"
 }
 
-nginx_conf() { # DIR WORKERS PORT
-    local dir=$1 workers=$2 port=$3 user_line=
+nginx_conf() { # DIR WORKERS PORT [tls]
+    local dir=$1 workers=$2 port=$3 tls=${4:-} user_line= listen_tls= tls_lines=
     mkdir -p "$dir"
     if [[ $(id -u) == 0 ]] && id www-data >/dev/null 2>&1; then user_line="user www-data;"; fi
+    if [[ $tls == tls ]]; then
+        listen_tls=" ssl"
+        tls_lines="ssl_certificate $TLS_DIR/cert.pem; ssl_certificate_key $TLS_DIR/key.pem;"
+    fi
     cat >"$dir/nginx.conf" <<EOF
 # Generated by perf/run.sh: nginx + nchan with the configuration of loadgen/src/main.rs's docs.
 load_module $NCHAN_MODULE;
@@ -278,7 +312,8 @@ http {
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
     server {
-        listen 127.0.0.1:$port backlog=16384;
+        listen 127.0.0.1:$port$listen_tls backlog=16384;
+        $tls_lines
         location ~ ^/sub/([\w-]+)\$ {
             nchan_subscriber eventsource;
             nchan_channel_id \$1;
@@ -307,6 +342,11 @@ start_server() {
             # population of clients, and 10,000 connections from it would trip them.
             cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
                  --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0) ;;
+        ringcasttls|ringcasth2)
+            # The same over TLS (HTTP/1.1 and HTTP/2 by ALPN on one listener).
+            cmd=("${pin[@]}" "$RINGCAST_BIN" --listen "127.0.0.1:$PORT" --workers "$workers"
+                 --per-ip-max-connections 0 --per-ip-connection-rate 0 --publish-rate 0
+                 --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem") ;;
         ringcastmercure)
             # The same, with Mercure's keys (publishers need a token; subscribers may come
             # without one, and then get public updates only).
@@ -322,8 +362,8 @@ start_server() {
                  --data-dir "$TMP/data-$name" --fsync interval) ;;
         baseline)
             cmd=("${pin[@]}" "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --workers "$workers") ;;
-        nchan)
-            nginx_conf "$TMP/nginx-$name" "$workers" "$PORT"
+        nchan|nchantls)
+            nginx_conf "$TMP/nginx-$name" "$workers" "$PORT" "$([[ $server == nchantls ]] && echo tls)"
             cmd=("${pin[@]}" nginx -p "$TMP/nginx-$name/" -c "$TMP/nginx-$name/nginx.conf" -e "$TMP/nginx-$name/error.log") ;;
         *) die "unknown server $server" ;;
     esac
@@ -338,7 +378,7 @@ start_server() {
     local expect=
     [[ $server == ringcast* ]] && expect=ringcast
     [[ $server == baseline ]] && expect=ringcast-baseline
-    [[ $server == nchan ]] && expect=nginx
+    [[ $server == nchan* ]] && expect=nginx
     for ((i = 0; i < 100; i++)); do
         listening "$PORT" && break
         alive "$SERVER_PID" || { tail -n 20 "$SERVER_LOG" >&2; die "$setup exited before listening on $PORT (log: $SERVER_LOG)"; }
@@ -351,7 +391,7 @@ start_server() {
     local exe
     exe=$(readlink "/proc/$SERVER_PID/exe" 2>/dev/null || true)
     [[ ${exe##*/} == "$expect"* ]] || die "PID $SERVER_PID runs '$exe', not $expect: refusing to measure it"
-    if [[ $server == nchan ]]; then
+    if [[ $server == nchan* ]]; then
         # Remembered so that cleanup can stop them should the master have to be killed.
         NGINX_WORKERS+=" $(ps -o pid= --ppid "$SERVER_PID" 2>/dev/null | tr -s '\n ' ' ' || true)"
     fi
@@ -375,9 +415,13 @@ run_load() {
     log "$name: $(sed -n 's/.*"reason": "\([^"]*\)".*/\1/p' "$TMP/$name.quiet.json")"
     start_server "$setup" "$name"
 
-    local extra=()
-    if [[ $server == nchan ]]; then
-        extra=(--subscribe-path '/sub/{topic}' --publish-path '/pub/{topic}' --publish-format raw
+    local extra=() scheme=http
+    case $server in
+        ringcasttls|nchantls) scheme=https; extra=(--ca-cert "$TLS_DIR/ca.pem") ;;
+        ringcasth2) scheme=https; extra=(--ca-cert "$TLS_DIR/ca.pem" --http2) ;;
+    esac
+    if [[ $server == nchan* ]]; then
+        extra+=(--subscribe-path '/sub/{topic}' --publish-path '/pub/{topic}' --publish-format raw
                --topic-prefix "r${RUN//[^0-9]/}-$scen-")
     fi
     [[ $server == ringcastjson && $scen != P ]] && extra=(--publish-format ringcast-json)
@@ -399,7 +443,7 @@ run_load() {
     # be pasted; the loadgen runs from the root.
     local hgrm
     hgrm=$(realpath -m --relative-base="$ROOT" "$TMP/$name.hgrm")
-    local lg_cmd=(taskset -c 1 "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" "${lg_args[@]}" "${extra[@]}"
+    local lg_cmd=(taskset -c 1 "$LOADGEN_BIN" --url "$scheme://127.0.0.1:$PORT" "${lg_args[@]}" "${extra[@]}"
                   --json --hgrm "$hgrm" --no-progress)
     local lg_shown
     lg_shown=$(printf '%q ' "${lg_cmd[@]}")
