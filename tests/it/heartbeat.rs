@@ -55,7 +55,7 @@ async fn a_stream_with_traffic_gets_no_heartbeat() {
 
 /// Where an event-stream body's bytes come from: a TLS HTTP/1.1 connection or an HTTP/2 stream.
 enum Source {
-    Http1(tokio_rustls::client::TlsStream<tokio::net::TcpStream>),
+    Http1(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
     Http2(h2::RecvStream),
 }
 
@@ -95,6 +95,8 @@ impl Source {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_and_http2_streams_get_heartbeats_then_events_exactly() {
+    use std::fmt::Write as _;
+
     use ringcast::hub::Publish;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -122,7 +124,7 @@ async fn idle_tls_and_http2_streams_get_heartbeats_then_events_exactly() {
     let head = String::from_utf8_lossy(&h1_bytes[..head_end]).to_string();
     assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
     let mut h1_body = h1_bytes.split_off(head_end);
-    let mut h1 = Source::Http1(http1);
+    let mut h1 = Source::Http1(Box::new(http1));
     let tls_h2 = tls::connect(server.addr, &cert.der, &[b"h2"]).await;
     let mut h2_client = h2c::connect(tls_h2, 1 << 20).await;
     let (status, h2_stream) = h2c::get(&mut h2_client, "/events?topic=t", &[]).await;
@@ -145,9 +147,9 @@ async fn idle_tls_and_http2_streams_get_heartbeats_then_events_exactly() {
             .hub
             .publish(&Publish { topics: &["t"], event: Some("e"), data, retry: None, routed: None })
             .expect("publish");
-        expected.push_str(&format!("id: {id}\nevent: e\n"));
+        let _ = write!(expected, "id: {id}\nevent: e\n");
         for line in data.split('\n') {
-            expected.push_str(&format!("data: {line}\n"));
+            let _ = writeln!(expected, "data: {line}");
         }
         expected.push('\n');
     }
