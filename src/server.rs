@@ -33,6 +33,7 @@ mod publish;
 mod request;
 mod routes;
 mod stream;
+mod tls13;
 mod watch;
 
 use std::future::Future;
@@ -230,15 +231,30 @@ impl Drop for ConnectionGuard {
 /// the connection (5.4 KiB per connection, where one session is about 1.1 KiB).
 async fn serve_tls(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, ip: IpAddr, ctx: Arc<Ctx>) {
     let handshake = Box::pin(tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tcp)));
-    let tls = match handshake.await {
+    let mut tls = match handshake.await {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return ctx.metrics.reject(Rejection::HeaderTimeout),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        Box::pin(h2::serve(tls, ip, ctx)).await;
-    } else {
-        serve_http(tls, ip, ctx).await;
+        // HTTP/2 reads and writes through the connection's life: rustls's session goes as
+        // soon as the handshake is done (`tls13`).
+        match Box::pin(tls13::seal(tls)).await {
+            Ok(sealed) => Box::pin(h2::serve(sealed, ip, ctx)).await,
+            Err(tls13::Unsealed::Kept(tls)) => Box::pin(h2::serve(tls, ip, ctx)).await,
+            Err(tls13::Unsealed::Lost) => {}
+        }
+        return;
+    }
+    // HTTP/1.1: an event stream is sealed once its request is read (nothing is read after
+    // it but the client's close); anything else stays with rustls.
+    match conn::read_head(&mut tls, &ctx).await {
+        conn::Head::Events { path, headers } => match Box::pin(tls13::seal(tls)).await {
+            Ok(sealed) => conn::stream(sealed, path, headers, ctx).await,
+            Err(tls13::Unsealed::Kept(tls)) => conn::stream(tls, path, headers, ctx).await,
+            Err(tls13::Unsealed::Lost) => {}
+        },
+        head => serve_head(tls, head, ip, ctx).await,
     }
 }
 
@@ -250,7 +266,16 @@ async fn serve_http<I>(mut io: I, ip: IpAddr, ctx: Arc<Ctx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match conn::read_head(&mut io, &ctx).await {
+    let head = conn::read_head(&mut io, &ctx).await;
+    serve_head(io, head, ip, ctx).await;
+}
+
+/// Serves a connection whose first request head has been read.
+async fn serve_head<I>(io: I, head: conn::Head, ip: IpAddr, ctx: Arc<Ctx>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match head {
         conn::Head::Events { path, headers } => conn::stream(io, path, headers, ctx).await,
         conn::Head::H2(prefix) => Box::pin(h2::serve(Replay::new(io, prefix), ip, ctx)).await,
         conn::Head::Other(prefix) => Box::pin(http::serve(Replay::new(io, prefix), ip, ctx)).await,

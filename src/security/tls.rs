@@ -31,5 +31,8 @@ pub(super) fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, Se
         .with_single_cert(certs, key)
         .map_err(|e| cert_error(format!("the certificate and key do not fit together: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's TLS 1.3 streams keep only their record keys after the handshake
+    // (`server::tls13`): rustls hands them over, as it would to kernel TLS.
+    server.enable_secret_extraction = true;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }

@@ -225,6 +225,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for IoTransport<I> {
         Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])
     }
 
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
     /// `Ready` when the client closed (EOF, reset) or sent more than `MAX_JUNK` bytes after
     /// its request (a client may not pipeline on a stream).
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {

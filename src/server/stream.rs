@@ -109,6 +109,12 @@ pub(crate) trait Transport {
     /// `Ready` once the client has gone away.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 
+    /// Sends what the transport took but still holds (TLS records the socket did not take):
+    /// `Ready(Ok)` once nothing is held, `Pending` (a blocked transport) until then.
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
     /// Ends the stream: send `goodbye` if given and the transport takes it now (it is given
     /// only at a frame boundary), then close or reset as `reason` calls for.
     fn end(&mut self, goodbye: Option<&Bytes>, reason: DisconnectReason);
@@ -371,9 +377,20 @@ impl<T: Transport + Unpin> Future for Stream<T> {
                     Poll::Pending => this.poll_blocked(cx),
                 }
             } else {
-                this.batch.clear();
-                this.head = 0;
-                this.poll_idle(cx)
+                // Nothing pending here; what the transport still holds goes first (it counts
+                // as blocked for the lap check and the write timeout until it is out).
+                match this.transport.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        this.batch.clear();
+                        this.head = 0;
+                        this.poll_idle(cx)
+                    }
+                    Poll::Ready(Err(error)) => {
+                        tracing::debug!(%error, "stream flush failed");
+                        Poll::Ready(Some(DisconnectReason::Error))
+                    }
+                    Poll::Pending => this.poll_blocked(cx),
+                }
             };
             match step {
                 Poll::Pending => return Poll::Pending,

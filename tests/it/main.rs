@@ -17,3 +17,4 @@ mod store;
 mod stream;
 mod stuck;
 mod support;
+mod tls;
