@@ -237,17 +237,12 @@ async fn serve_tls(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, ip: IpAd
         Err(_) => return ctx.metrics.reject(Rejection::HeaderTimeout),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // HTTP/2 reads and writes through the connection's life: rustls's session goes as
-        // soon as the handshake is done (`tls13`).
-        match Box::pin(tls13::seal(tls)).await {
-            Ok(sealed) => Box::pin(h2::serve(sealed, ip, ctx)).await,
-            Err(tls13::Unsealed::Kept(tls)) => Box::pin(h2::serve(tls, ip, ctx)).await,
-            Err(tls13::Unsealed::Lost) => {}
-        }
-        return;
+        // Not sealed: an HTTP/2 client sends right after its Finished, and rustls may hold
+        // part of such a record unprocessed, which `tls13::seal` cannot see or take over.
+        return Box::pin(h2::serve(tls, ip, ctx)).await;
     }
-    // HTTP/1.1: an event stream is sealed once its request is read (nothing is read after
-    // it but the client's close); anything else stays with rustls.
+    // HTTP/1.1: an event stream is sealed once its whole request head has come through
+    // rustls (a client sends nothing after it but its close); anything else stays with rustls.
     match conn::read_head(&mut tls, &ctx).await {
         conn::Head::Events { path, headers } => match Box::pin(tls13::seal(tls)).await {
             Ok(sealed) => conn::stream(sealed, path, headers, ctx).await,

@@ -14,8 +14,8 @@
 //!   `write`. Records are made only when the socket is writable; what it does not take is
 //!   kept for this connection until it does (the only write buffer a connection ever holds,
 //!   freed once sent).
-//! - **Reads** take application data (an HTTP/2 client's frames; on an HTTP/1.1 stream, junk
-//!   that the stream counts), `close_notify` (end of stream), and refuse the rest: any other
+//! - **Reads** take application data (junk, on an event stream, that the stream counts),
+//!   `close_notify` (end of stream), and refuse the rest: any other
 //!   alert, and post-handshake handshake messages (a client's `KeyUpdate`): the connection
 //!   ends with an error, and an `EventSource` reconnects with `Last-Event-ID`.
 //! - **Key limits**: after [`MAX_RECORDS`] records in one direction (below AES-GCM's 2^24.5
@@ -143,7 +143,10 @@ pub(crate) enum Unsealed {
 }
 
 /// Takes a TLS 1.3 connection's keys out of rustls (module docs), or says why not. Call it
-/// only where the application has read everything it needs through the session.
+/// only where the client has nothing more in flight: rustls's unprocessed input (part of a
+/// record) cannot be seen from outside and would be lost. An HTTP/1.1 event stream's
+/// client sends nothing after its request head until it closes, so the place is right
+/// after the head; an HTTP/2 connection has no such place and stays with rustls.
 pub(crate) async fn seal(mut tls: Box<TlsStream>) -> Result<Box<Sealed>, Unsealed> {
     use tokio::io::AsyncWriteExt as _;
     if tls.get_ref().1.protocol_version() != Some(ProtocolVersion::TLSv1_3) {

@@ -144,7 +144,7 @@ async fn a_clients_close_notify_ends_its_stream_as_closed_by_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clients_key_update_ends_a_sealed_stream_and_http2_goes_on_after_the_handshake() {
+async fn a_clients_key_update_ends_a_sealed_stream_and_http2_over_tls_1_3_and_1_2_works() {
     let (server, cert) = tls_server().await;
     let mut client = tls::connect(server.addr, &cert.der, &[b"http/1.1"]).await;
     let mut parser = Parser::new();
@@ -164,8 +164,8 @@ async fn a_clients_key_update_ends_a_sealed_stream_and_http2_goes_on_after_the_h
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // HTTP/2 over TLS 1.3 (sealed right after the handshake) and over TLS 1.2 (rustls): the
-    // client's frames (settings, window updates, a second request) are read either way.
+    // HTTP/2 over TLS 1.3 and over TLS 1.2 (both with rustls throughout): the client's frames
+    // (settings, window updates, a second request) are read either way.
     let tls13 = tls::connect(server.addr, &cert.der, &[b"h2"]).await;
     let tls12 =
         connect_with(TcpStream::connect(server.addr).await.expect("connect"), tls12_only(&cert.der, &[b"h2"])).await;
