@@ -249,20 +249,22 @@ async fn serve_tls(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, ip: IpAd
             Err(tls13::Unsealed::Kept(tls)) => conn::stream(tls, path, headers, ctx).await,
             Err(tls13::Unsealed::Lost) => {}
         },
-        head => serve_head(tls, head, ip, ctx).await,
+        head => Box::pin(serve_head(tls, head, ip, ctx)).await,
     }
 }
 
 /// An HTTP/1.1 (or prior-knowledge HTTP/2) connection: the front door reads the first head.
-/// Its future is a plain connection's task's: the HTTP/2 and hyper paths are boxed, so their
-/// state (hyper's buffers, h2's codec) is not reserved in every plain stream (a test keeps
-/// this future small).
+/// Its future is a plain connection's task's: everything but the stream itself is boxed, so
+/// its state (the other requests' paths, hyper's buffers, h2's codec) is not reserved in
+/// every plain stream (a test keeps this future small).
 async fn serve_http<I>(mut io: I, ip: IpAddr, ctx: Arc<Ctx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let head = conn::read_head(&mut io, &ctx).await;
-    serve_head(io, head, ip, ctx).await;
+    match conn::read_head(&mut io, &ctx).await {
+        conn::Head::Events { path, headers } => conn::stream(io, path, headers, ctx).await,
+        head => Box::pin(serve_head(io, head, ip, ctx)).await,
+    }
 }
 
 /// Serves a connection whose first request head has been read.

@@ -274,7 +274,11 @@ mod tests {
     /// the socket's registration and the cursors' wait nodes come on top of the future).
     /// Rare paths (error responses, the request-head phase, TLS, HTTP/2, hyper) are boxed so
     /// they do not enlarge it; a change that puts a buffer or a TLS session into the future
-    /// fails here. Measured on `server::serve_http`, the future a plain connection's task runs.
+    /// fails here. Measured on `server::serve_http`, the future a plain connection's task runs:
+    /// 472 bytes. The bound is tight on purpose: the task is one allocation, and a future
+    /// that grows past an allocator size class costs every idle connection the whole step
+    /// (a refactor that kept the parsed head beside the stream took it to 848 bytes, and S1
+    /// from 1.9 to 2.3 KiB per connection).
     #[tokio::test]
     async fn a_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -284,12 +288,13 @@ mod tests {
         let ctx = Arc::new(Ctx::new(hub, ServerConfig::default()).unwrap());
         let future = crate::server::serve_http(tcp, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
         let size = size_of_val(&future);
-        assert!(size <= 1024, "the per-connection future grew to {size} bytes");
+        assert!(size <= 512, "the per-connection future grew to {size} bytes");
     }
 
     /// The same for a TLS connection: the handshake, the HTTP/2 connection and the TLS
     /// session are boxed apart (`server::serve_tls`), so the future that stays for the
-    /// connection's life holds none of them (it was 5,472 bytes with the session inline).
+    /// connection's life holds none of them (it was 5,472 bytes with the session inline; 448
+    /// now).
     #[tokio::test]
     async fn a_tls_connection_future_stays_small() {
         use tokio_rustls::rustls;
@@ -309,7 +314,7 @@ mod tests {
         let ctx = Arc::new(Ctx::new(hub, ServerConfig::default()).unwrap());
         let future = crate::server::serve_tls(tcp, acceptor, std::net::Ipv4Addr::LOCALHOST.into(), ctx);
         let size = size_of_val(&future);
-        assert!(size <= 1024, "the TLS connection's future grew to {size} bytes");
+        assert!(size <= 512, "the TLS connection's future grew to {size} bytes");
     }
 
     #[test]
