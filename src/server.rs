@@ -230,19 +230,25 @@ impl Drop for ConnectionGuard {
 /// itself, which every later state would otherwise hold by value, once per state that owns
 /// the connection (5.4 KiB per connection, where one session is about 1.1 KiB).
 async fn serve_tls(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, ip: IpAddr, ctx: Arc<Ctx>) {
-    let handshake = Box::pin(tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tcp)));
+    let handshake =
+        Box::pin(tokio::time::timeout(ctx.config.header_timeout, acceptor.accept(tls13::ByRecord::new(tcp))));
     let mut tls = match handshake.await {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return ctx.metrics.reject(Rejection::HeaderTimeout),
     };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // Not sealed: an HTTP/2 client sends right after its Finished, and rustls may hold
-        // part of such a record unprocessed, which `tls13::seal` cannot see or take over.
-        return Box::pin(h2::serve(tls, ip, ctx)).await;
+        // HTTP/2 reads and writes for the connection's life: sealed right after the
+        // handshake (what the client already sent, its preface, is passed on).
+        match Box::pin(tls13::seal(tls)).await {
+            Ok(sealed) => Box::pin(h2::serve(sealed, ip, ctx)).await,
+            Err(tls13::Unsealed::Kept(tls)) => Box::pin(h2::serve(tls, ip, ctx)).await,
+            Err(tls13::Unsealed::Lost) => {}
+        }
+        return;
     }
-    // HTTP/1.1: an event stream is sealed once its whole request head has come through
-    // rustls (a client sends nothing after it but its close); anything else stays with rustls.
+    // HTTP/1.1: an event stream is sealed once its request head has come through rustls;
+    // any other request stays with rustls (hyper serves it).
     match conn::read_head(&mut tls, &ctx).await {
         conn::Head::Events { path, headers } => match Box::pin(tls13::seal(tls)).await {
             Ok(sealed) => conn::stream(sealed, path, headers, ctx).await,

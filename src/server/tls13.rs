@@ -131,7 +131,91 @@ struct Received {
 }
 
 /// A rustls-served TLS connection.
-pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<ByRecord>;
+
+/// The socket under rustls: it hands rustls whole TLS records only (in pieces if rustls's
+/// read is smaller, but never waiting on the socket in between), at most one per read.
+/// rustls processes what it reads before it returns, so whenever tokio-rustls stops reading
+/// (the handshake done, or plaintext there) rustls holds no partial record: what it took is
+/// a handshake message or plaintext, and whatever came after is here. [`seal`] passes both on.
+pub(crate) struct ByRecord {
+    tcp: TcpStream,
+    /// Bytes read from the socket and not handed to rustls yet (unallocated when none).
+    ahead: Vec<u8>,
+    /// Bytes of the current record not handed to rustls yet (0: at a record boundary).
+    left: usize,
+}
+
+impl ByRecord {
+    pub(crate) fn new(tcp: TcpStream) -> Self {
+        Self { tcp, ahead: Vec::new(), left: 0 }
+    }
+}
+
+impl AsyncRead for ByRecord {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.left == 0 && this.ahead.len() >= HEADER {
+                this.left = HEADER + usize::from(u16::from_be_bytes([this.ahead[3], this.ahead[4]]));
+            }
+            // A record is handed over only once all of it is here: rustls never waits on the
+            // socket with part of a record inside.
+            if this.left > 0 && this.ahead.len() >= this.left {
+                let n = this.left.min(this.ahead.len()).min(buf.remaining());
+                buf.put_slice(&this.ahead[..n]);
+                this.ahead.drain(..n);
+                this.left -= n;
+                if this.ahead.is_empty() {
+                    this.ahead = Vec::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let tcp = &mut this.tcp;
+            let read = RX_SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize(MAX_CIPHERTEXT + HEADER, 0);
+                let mut read = ReadBuf::new(scratch);
+                ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
+                let n = read.filled().len();
+                this.ahead.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok::<_, io::Error>(n))
+            });
+            if ready!(read)? == 0 {
+                // End of stream: hand over what is left as it is (rustls reports a cut record).
+                let n = this.ahead.len().min(buf.remaining());
+                buf.put_slice(&this.ahead[..n]);
+                this.ahead.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ByRecord {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
 
 /// What [`seal`] did not seal.
 pub(crate) enum Unsealed {
@@ -143,10 +227,9 @@ pub(crate) enum Unsealed {
 }
 
 /// Takes a TLS 1.3 connection's keys out of rustls (module docs), or says why not. Call it
-/// only where the client has nothing more in flight: rustls's unprocessed input (part of a
-/// record) cannot be seen from outside and would be lost. An HTTP/1.1 event stream's
-/// client sends nothing after its request head until it closes, so the place is right
-/// after the head; an HTTP/2 connection has no such place and stays with rustls.
+/// right after the handshake or after rustls returned plaintext: [`ByRecord`] makes those
+/// the points where rustls holds no unprocessed input (what it cannot show from outside,
+/// and would otherwise be lost).
 pub(crate) async fn seal(mut tls: Box<TlsStream>) -> Result<Box<Sealed>, Unsealed> {
     use tokio::io::AsyncWriteExt as _;
     if tls.get_ref().1.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
@@ -156,14 +239,25 @@ pub(crate) async fn seal(mut tls: Box<TlsStream>) -> Result<Box<Sealed>, Unseale
     if tls.flush().await.is_err() {
         return Err(Unsealed::Kept(tls));
     }
-    let (_, session) = tls.get_mut();
-    let mut probe = [0u8; 1];
-    let nothing_to_read =
-        matches!(io::Read::read(&mut session.reader(), &mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-    if session.wants_write() || !nothing_to_read {
+    if tls.get_ref().1.wants_write() {
         return Err(Unsealed::Kept(tls));
     }
-    let (tcp, session) = (*tls).into_inner();
+    // Plaintext rustls opened but nobody read yet (an HTTP/2 client's preface) is passed on.
+    let mut opened = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match io::Read::read(&mut tls.get_mut().1.reader(), &mut chunk) {
+            Ok(0) => break, // close_notify: the stream reads it as the end
+            Ok(n) => opened.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) => {
+                tracing::debug!(%error, "TLS connection failed before sealing");
+                return Err(Unsealed::Lost);
+            }
+        }
+    }
+    let (by_record, session) = (*tls).into_inner();
+    let ByRecord { tcp, ahead, left: _ } = by_record;
     let secrets = match session.dangerous_extract_secrets() {
         Ok(secrets) => secrets,
         Err(error) => {
@@ -173,7 +267,11 @@ pub(crate) async fn seal(mut tls: Box<TlsStream>) -> Result<Box<Sealed>, Unseale
     };
     let rustls::ExtractedSecrets { tx: (tx_seq, tx), rx: (rx_seq, rx) } = secrets;
     if let (Some(tx), Some(rx)) = (Direction::new(tx_seq, tx), Direction::new(rx_seq, rx)) {
-        Ok(Box::new(Sealed { tcp, tx, rx, unsent: None, received: None, rx_closed: false, close_notify_sent: false }))
+        // What rustls opened comes first; the records after it are opened by `Sealed`.
+        let received = (!ahead.is_empty() || !opened.is_empty())
+            .then(|| Box::new(Received { records: ahead, plain: Buffer { bytes: opened, at: 0 } }));
+        tracing::debug!("TLS 1.3 connection sealed: rustls's session is freed, its record keys go on");
+        Ok(Box::new(Sealed { tcp, tx, rx, unsent: None, received, rx_closed: false, close_notify_sent: false }))
     } else {
         tracing::warn!("TLS secrets of an unknown cipher suite; closing the connection");
         Err(Unsealed::Lost)
@@ -335,6 +433,8 @@ impl AsyncRead for Sealed {
         let this = self.get_mut();
         loop {
             if let Some(received) = &mut this.received {
+                // Records already here (passed on by `seal`, or after a partial one) first.
+                Self::open_records(&mut this.rx, received, &mut this.rx_closed)?;
                 let plain = &mut received.plain;
                 if !plain.rest().is_empty() {
                     let n = plain.rest().len().min(buf.remaining());
@@ -371,9 +471,6 @@ impl AsyncRead for Sealed {
                     return Poll::Ready(Ok(()));
                 }
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-            }
-            if let Some(received) = &mut this.received {
-                Self::open_records(&mut this.rx, received, &mut this.rx_closed)?;
             }
         }
     }

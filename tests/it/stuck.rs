@@ -168,7 +168,8 @@ async fn a_stuck_http2_stream_is_reset_alone_and_its_neighbour_gets_every_event(
 /// (and hyper kept handing h2 more), so one client could pin a ring's worth per stream.
 /// Ten streams on one connection resume from the oldest event of a full 14 MiB ring and
 /// never open their windows; the ring then turns over twice. The server's resident memory
-/// grows by less than 2 MB, and the streams are dropped as lapped at a later tick.
+/// grows by less than 5 MB (one allocator step of 2 MiB is noise here), and the streams are
+/// dropped as lapped at a later tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_stuck_http2_streams_hold_almost_nothing() {
     const SIZE: usize = 14 << 10;
@@ -221,7 +222,10 @@ async fn ten_stuck_http2_streams_hold_almost_nothing() {
         }
         let growth = during.saturating_sub(before);
         eprintln!("10 stuck streams: RSS grew by {} KiB", growth >> 10);
-        assert!(growth < 2 << 20, "10 stuck streams grew the server by {} KiB", growth >> 10);
+        // Typically 0-500 KiB; the allocator sometimes maps a fresh 2 MiB region in between
+        // (2,076-2,144 KiB seen), so the bound leaves room for one. What it guards against
+        // was 18 MB (h2 buffering a window's worth per stuck stream) and 186 MB.
+        assert!(growth < 5 << 20, "10 stuck streams grew the server by {} KiB", growth >> 10);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while server.metric("ringcast_disconnects_total{reason=\"lapped\"}").await < lapped_before + 10.0 {
             assert!(tokio::time::Instant::now() < deadline, "the stuck streams were not dropped as lapped");

@@ -1,8 +1,9 @@
 //! TLS streams after the handshake: TLS 1.3 connections keep only their record keys
 //! (`server::tls13`), TLS 1.2 ones stay with rustls. Both deliver every byte, also a batch
-//! larger than one record and a backlog a slow reader takes in many partial writes; a
-//! client's `close_notify` ends its stream as closed by the client; a client's `KeyUpdate`
-//! ends it (the client reconnects); HTTP/2 works on both.
+//! larger than one record and a backlog a slow reader takes in many partial writes; bytes a
+//! client sent right behind its request are not lost in the hand-over; a client's
+//! `close_notify` ends its stream as closed by the client; a client's `KeyUpdate` ends it
+//! (the client reconnects); HTTP/2 works on both (sealed right after the handshake on 1.3).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,50 @@ async fn tls_1_3_and_1_2_streams_get_large_batches_and_a_slow_readers_backlog_ex
     assert_eq!(server.metrics().streams.get(), 3, "nobody was dropped");
 }
 
+/// A stream takes up to 64 KiB of junk after its request (as on plaintext) and ends past it.
+/// Sent right behind the request, junk reaches the server around the hand-over from rustls:
+/// in rustls's opened plaintext, in records read ahead, and after. The head's read (1 KiB,
+/// on every transport) may take and drop up to 1 KiB of it with the request; everything
+/// else is counted, so 65 KiB + 1 ends the stream, and would not if the hand-over lost a
+/// record (8 KiB) or the opened plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_behind_the_request_is_counted_across_the_hand_over() {
+    const MAX_JUNK: usize = 64 << 10;
+    let (server, cert) = tls_server().await;
+    // TLS 1.3, where the hand-over happens (TLS 1.2 stays with rustls).
+    for (config, version) in [(tls::client_config(&cert.der, &[b"http/1.1"]), "TLS 1.3")] {
+        for junk in [MAX_JUNK - (8 << 10), MAX_JUNK + (1 << 10) + 1] {
+            let mut client =
+                connect_with(TcpStream::connect(server.addr).await.expect("connect"), config.clone()).await;
+            let request = b"GET /events?topic=junk HTTP/1.1\r\nhost: localhost\r\n\r\n";
+            // One write per record: the request, then the junk in 8 KiB records, at once.
+            client.write_all(request).await.expect("request");
+            for piece in vec![b'j'; junk].chunks(8 << 10) {
+                client.write_all(piece).await.expect("junk");
+            }
+            client.flush().await.expect("flush");
+            let mut parser = Parser::new();
+            let mut head = vec![0u8; 4096];
+            let n = tokio::time::timeout(WAIT, client.read(&mut head)).await.expect("head in time").expect("read");
+            let text = String::from_utf8_lossy(&head[..n]).to_string();
+            assert!(text.starts_with("HTTP/1.1 200"), "{version}: {text}");
+            if let Some(at) = text.find("\r\n\r\n") {
+                parser.feed(&head[at + 4..n]);
+            }
+            publish(&server, "junk", "after the junk");
+            if junk < MAX_JUNK {
+                let got = read_events(&mut client, &mut parser, 1).await;
+                assert_eq!(got, ["after the junk"], "{version}: 56 KiB of junk is taken");
+            } else {
+                let mut rest = Vec::new();
+                let _ = tokio::time::timeout(WAIT, client.read_to_end(&mut rest)).await.expect("cut in time");
+                parser.feed(&rest);
+                assert!(parser.next_event().is_none(), "{version}: cut past 64 KiB of junk, before the event");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_close_notify_ends_its_stream_as_closed_by_the_client() {
     let (server, cert) = tls_server().await;
@@ -164,8 +209,9 @@ async fn a_clients_key_update_ends_a_sealed_stream_and_http2_over_tls_1_3_and_1_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // HTTP/2 over TLS 1.3 and over TLS 1.2 (both with rustls throughout): the client's frames
-    // (settings, window updates, a second request) are read either way.
+    // HTTP/2 over TLS 1.3 (sealed right after the handshake, with whatever the client had
+    // already sent) and over TLS 1.2 (rustls throughout): the client's frames (settings,
+    // window updates, a second request) are read either way.
     let tls13 = tls::connect(server.addr, &cert.der, &[b"h2"]).await;
     let tls12 =
         connect_with(TcpStream::connect(server.addr).await.expect("connect"), tls12_only(&cert.der, &[b"h2"])).await;
