@@ -171,16 +171,8 @@ impl AsyncRead for ByRecord {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let tcp = &mut this.tcp;
-            let read = RX_SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize(MAX_CIPHERTEXT + HEADER, 0);
-                let mut read = ReadBuf::new(scratch);
-                ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
-                let n = read.filled().len();
-                this.ahead.extend_from_slice(&scratch[..n]);
-                Poll::Ready(Ok::<_, io::Error>(n))
-            });
-            if ready!(read)? == 0 {
+            let ahead = &mut this.ahead;
+            if ready!(poll_read_appending(&mut this.tcp, cx, |bytes| ahead.extend_from_slice(bytes)))? == 0 {
                 // End of stream: hand over what is left as it is (rustls reports a cut record).
                 let n = this.ahead.len().min(buf.remaining());
                 buf.put_slice(&this.ahead[..n]);
@@ -424,6 +416,25 @@ impl Sealed {
     }
 }
 
+/// Reads the socket into this thread's buffer and gives `append` the bytes that came (an idle
+/// connection's poll keeps and allocates nothing); returns how many (0: end of stream).
+fn poll_read_appending(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    append: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    RX_SCRATCH.with_borrow_mut(|scratch| {
+        scratch.resize(MAX_CIPHERTEXT + HEADER, 0);
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        if n > 0 {
+            append(&scratch[..n]);
+        }
+        Poll::Ready(Ok(n))
+    })
+}
+
 fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -452,20 +463,9 @@ impl AsyncRead for Sealed {
             if this.rx_closed {
                 return Poll::Ready(Ok(()));
             }
-            // Read into this thread's buffer; only bytes that came are kept (an idle
-            // connection's poll allocates nothing).
-            let tcp = &mut this.tcp;
-            let read = RX_SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize(MAX_CIPHERTEXT + HEADER, 0);
-                let mut read = ReadBuf::new(scratch);
-                ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
-                let n = read.filled().len();
-                if n > 0 {
-                    this.received.get_or_insert_default().records.extend_from_slice(&scratch[..n]);
-                }
-                Poll::Ready(Ok::<_, io::Error>(n))
-            });
-            if ready!(read)? == 0 {
+            let received = &mut this.received;
+            let append = |bytes: &[u8]| received.get_or_insert_default().records.extend_from_slice(bytes);
+            if ready!(poll_read_appending(&mut this.tcp, cx, append))? == 0 {
                 if this.received.is_none() {
                     this.rx_closed = true;
                     return Poll::Ready(Ok(()));
