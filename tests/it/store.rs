@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ringcast::wire::parse::SseEvent;
 
-use crate::support::{Binary, SseClient, WAIT, request, run_to_exit};
+use crate::support::{Binary, SseClient, WAIT, request, run_to_exit, try_request};
 
 /// Publishes `events` (data strings) on `topic` in one NDJSON batch; the ids if acknowledged,
 /// else the status.
@@ -20,8 +20,9 @@ async fn publish(addr: std::net::SocketAddr, topic: &str, events: &[String]) -> 
         .map(|data| format!("{}\n", serde_json::json!({ "topic": topic, "data": data })))
         .collect::<Vec<_>>()
         .concat();
-    let attempt = request(addr, "POST", "/publish", &[("content-type", "application/x-ndjson")], body.as_bytes());
-    let Ok((status, _, text)) = tokio::time::timeout(WAIT, attempt).await else { return Err(0) };
+    // The node may be killed mid-request (kill -9 under load): a reset is "no answer".
+    let attempt = try_request(addr, "POST", "/publish", &[("content-type", "application/x-ndjson")], body.as_bytes());
+    let Ok((Some(status), _, text)) = tokio::time::timeout(WAIT, attempt).await else { return Err(0) };
     if status != 200 {
         return Err(status);
     }

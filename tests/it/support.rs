@@ -313,7 +313,7 @@ pub(crate) async fn publish_keyed(addr: SocketAddr, key: &str, body: &serde_json
 
 /// Like `request`, but a connection error or reset is `None` (a node or Redis under test
 /// may be paused or gone).
-async fn try_request(
+pub(crate) async fn try_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
